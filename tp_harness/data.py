@@ -1,0 +1,425 @@
+"""Task sources and splits: read a task's data files into row dicts, and cut them into splits.
+
+Owns the built-in data formats (``jsonl``, ``csv``, ``tsv``, ``logiqa``, ``phrasebank``), registered
+through the ``tp_register_tasks`` hook exactly as a third-party format would be, and the seeded
+optimize / validation / test split. It renders no prompt and builds no lm-eval task: rows go to the
+evaluator as plain dicts that the spec's lm-eval templates (``doc_to_text`` ...) read.
+
+Every loader has the shape ``load(path, **options) -> Iterator[(line_number, row)]`` with 1-based line
+numbers, and raises :class:`~tp_harness.errors.DataError` naming the file and line of a malformed row.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import inspect
+import io
+import json
+import logging
+import random
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import DataError, SpecError, UnknownNameError
+from .hookspecs import Registry, TaskSourceDef, hookimpl
+
+if TYPE_CHECKING:
+    from .specs import TaskSpec
+
+log = logging.getLogger(__name__)
+
+#: The split names, in the order their slices are cut from the permuted docs.
+SPLITS: tuple[str, ...] = ("optimize", "validation", "test")
+
+PHRASEBANK_LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
+
+_LOGIQA_OPTION = re.compile(r"^\s*([A-D])(?:\s*[.?)\uff0e]\s*|\s+)(.*)$")
+_SPLIT_SUFFIX = re.compile(r"_(test|val|dev|train)$")
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading text
+
+
+def _read_text(path: Path, encoding: str) -> str:
+    """Return the whole file decoded with ``encoding``; undecodable bytes raise DataError with the line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(
+            path,
+            f"expected text in encoding {encoding!r}, got undecodable bytes ({err.reason}); "
+            "set tp.data.options.encoding (e.g. latin-1)",
+            line=line,
+        ) from None
+    except LookupError:
+        raise DataError(path, f"expected a known text encoding, got {encoding!r}") from None
+
+
+def _lines(path: Path, encoding: str) -> list[str]:
+    """The file's lines, split on ``\\n`` only (``\\r`` stripped; Unicode line separators stay text)."""
+    text = _read_text(path, encoding)
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = [line.rstrip("\r") for line in text.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """``repr`` of ``value`` cut to ``limit`` characters, for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ----------------------------------------------------------------------------------------------
+# Built-in formats
+
+
+def load_jsonl(path: Path, *, encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield one JSON object per non-blank line.
+
+    :param path: a JSON Lines file.
+    :param encoding: text encoding of the file.
+    :raises DataError: a line is not valid JSON, or is JSON but not an object.
+    """
+    for number, line in enumerate(_lines(path, encoding), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(
+                path,
+                f"expected a JSON object, got invalid JSON ({err.msg} at column {err.colno})",
+                line=number,
+            ) from None
+        if not isinstance(row, dict):
+            raise DataError(
+                path, f"expected a JSON object, got {type(row).__name__} {_short(row)}", line=number
+            )
+        yield number, row
+
+
+def _load_delimited(
+    path: Path,
+    *,
+    delimiter: str,
+    columns: Sequence[str] | None,
+    header: bool | None,
+    source_field: str | None,
+    encoding: str,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Shared reader of ``csv`` and ``tsv``: named columns, strict column count, optional source field."""
+    if columns is not None and (
+        isinstance(columns, str) or not all(isinstance(c, str) and c for c in columns)
+    ):
+        raise DataError(path, f"expected option columns to be a list of names, got {_short(columns)}")
+    has_header = columns is None if header is None else bool(header)
+    names: list[str] | None = list(columns) if columns is not None else None
+    if names is None and not has_header:
+        raise DataError(path, "expected column names: set option columns: [...] or header: true")
+    source = _SPLIT_SUFFIX.sub("", path.stem) if source_field else None
+    reader = csv.reader(
+        io.StringIO(_read_text(path, encoding).removeprefix("\ufeff"), newline=""), delimiter=delimiter
+    )
+    first = True
+    while True:
+        start = reader.line_num + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise DataError(
+                path, f"expected a well-formed {_fmt(delimiter)} row, got {err}", line=start
+            ) from None
+        if not record or record == [""]:
+            continue
+        if first and has_header:
+            first = False
+            if names is None:
+                names = [name.strip() for name in record]
+                if len(set(names)) != len(names) or not all(names):
+                    raise DataError(
+                        path, f"expected distinct, non-empty column names, got {record}", line=start
+                    )
+            continue
+        first = False
+        assert names is not None
+        if len(record) != len(names):
+            raise DataError(
+                path,
+                f"expected {len(names)} columns ({', '.join(names)}), got {len(record)}: {_short(record)}",
+                line=start,
+            )
+        row: dict[str, Any] = dict(zip(names, record, strict=True))
+        if source_field:
+            row[source_field] = source
+        yield start, row
+
+
+def _fmt(delimiter: str) -> str:
+    return "TSV" if delimiter == "\t" else "CSV"
+
+
+def load_csv(
+    path: Path,
+    *,
+    columns: Sequence[str] | None = None,
+    header: bool | None = None,
+    source_field: str | None = None,
+    encoding: str = "utf-8",
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield one dict per CSV record (RFC 4180 quoting; a quoted field may span lines).
+
+    :param columns: column names, for header-less files such as MMLU's
+        (``[question, A, B, C, D, answer]``); with ``header: true`` they replace the file's header.
+    :param header: whether the first record is a header; default: true unless ``columns`` is given.
+    :param source_field: if set, add this field holding the file's stem without a ``_test``, ``_val``,
+        ``_dev`` or ``_train`` suffix (``high_school_geography_test.csv`` -> ``high_school_geography``).
+    :param encoding: text encoding of the file.
+    :raises DataError: a record has the wrong number of columns, or the file cannot be parsed.
+    """
+    return _load_delimited(
+        path, delimiter=",", columns=columns, header=header, source_field=source_field, encoding=encoding
+    )
+
+
+def load_tsv(
+    path: Path,
+    *,
+    columns: Sequence[str] | None = None,
+    header: bool | None = None,
+    source_field: str | None = None,
+    encoding: str = "utf-8",
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield one dict per tab-separated record; the options are those of :func:`load_csv`."""
+    return _load_delimited(
+        path, delimiter="\t", columns=columns, header=header, source_field=source_field, encoding=encoding
+    )
+
+
+def _logiqa_options(lines: Sequence[str]) -> dict[str, str]:
+    """Map four option lines to ``{"A": text, ..., "D": text}``, the letter prefixes stripped.
+
+    The released file is not uniform: most options read ``A.text``, some ``A text`` or ``A?text``, 19
+    blocks list ``C.`` before ``B.``, and three option lines have no letter at all. When the four
+    written letters are A-D in some order, each text goes to its written letter; otherwise options are
+    taken by position and a prefix is stripped only where it is the positional letter.
+    """
+    matches = [_LOGIQA_OPTION.match(line) for line in lines]
+    written = [m.group(1) if m else None for m in matches]
+    if sorted(w or "" for w in written) == ["A", "B", "C", "D"]:
+        return {m.group(1): m.group(2).strip() for m in matches if m}
+    options = {}
+    for expected, line, m in zip("ABCD", lines, matches, strict=True):
+        options[expected] = m.group(2).strip() if m and m.group(1) == expected else line.strip()
+    return options
+
+
+def load_logiqa(path: Path, *, encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield LogiQA (v1) examples: blocks of answer letter, context, question and four options.
+
+    Each block is 8 lines: a blank line, the answer letter (``a``-``d``), the context, the question,
+    and options ``A.xxx`` .. ``D.xxx``. Rows are ``{"context", "question", "A", "B", "C", "D",
+    "answer"}`` with the ``A.`` prefixes stripped and ``answer`` in ``"A"``..``"D"``. The line number of
+    a row is that of its answer letter. Irregular option lines are handled as :func:`_logiqa_options` says.
+
+    :raises DataError: a block is cut short or its answer is not a letter a-d.
+    """
+    lines = _lines(path, encoding)
+    i = 0
+    while i < len(lines):
+        if not lines[i].strip():
+            i += 1
+            continue
+        start = i + 1
+        letter = lines[i].strip()
+        if letter.lower() not in ("a", "b", "c", "d"):
+            raise DataError(
+                path, f"expected an answer letter a-d opening a block, got {_short(letter)}", line=start
+            )
+        if i + 7 > len(lines):
+            raise DataError(
+                path,
+                f"expected 7 lines per block (answer, context, question, 4 options), got {len(lines) - i} "
+                "before the end of the file",
+                line=start,
+            )
+        row: dict[str, Any] = {"context": lines[i + 1].strip(), "question": lines[i + 2].strip()}
+        row.update(_logiqa_options(lines[i + 3 : i + 7]))
+        row["answer"] = letter.upper()
+        yield start, row
+        i += 7
+
+
+def load_phrasebank(
+    path: Path, *, encoding: str = "utf-8", labels: Sequence[str] = PHRASEBANK_LABELS
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield Financial PhraseBank rows ``{"sentence", "label"}`` from ``sentence@label`` lines.
+
+    :param encoding: ``utf-8`` for ``Sentences_AllAgree.txt``, ``latin-1`` for the other files as
+        released.
+    :param labels: the allowed labels.
+    :raises DataError: a line has no ``@label`` or its label is not one of ``labels``.
+    """
+    allowed = list(labels)
+    for number, line in enumerate(_lines(path, encoding), start=1):
+        if not line.strip():
+            continue
+        sentence, sep, label = line.rpartition("@")
+        label = label.strip()
+        if not sep:
+            raise DataError(path, f"expected 'sentence@label', got {_short(line)}", line=number)
+        if label not in allowed:
+            raise DataError(path, f"expected label {' | '.join(allowed)}, got {_short(label)}", line=number)
+        yield number, {"sentence": sentence.strip(), "label": label}
+
+
+@hookimpl
+def tp_register_tasks(registry: Registry[TaskSourceDef]) -> None:
+    """Register the built-in data formats."""
+    registry.add(
+        "jsonl",
+        TaskSourceDef(load=load_jsonl, description="JSON Lines, one object per line", suffixes=(".jsonl",)),
+    )
+    registry.add(
+        "csv",
+        TaskSourceDef(load=load_csv, description="CSV with a header or named columns", suffixes=(".csv",)),
+    )
+    registry.add(
+        "tsv",
+        TaskSourceDef(
+            load=load_tsv,
+            description="tab-separated values with a header or named columns",
+            suffixes=(".tsv",),
+        ),
+    )
+    registry.add(
+        "logiqa", TaskSourceDef(load=load_logiqa, description="LogiQA v1 8-line blocks", suffixes=(".txt",))
+    )
+    registry.add(
+        "phrasebank",
+        TaskSourceDef(
+            load=load_phrasebank,
+            description="Financial PhraseBank 'sentence@label' lines",
+            suffixes=(".txt",),
+        ),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Docs and splits
+
+
+def _check_options(spec: TaskSpec, fmt: str, load: Any, options: Mapping[str, Any]) -> None:
+    """Refuse options the format's loader does not take, with the accepted names."""
+    try:
+        params = inspect.signature(load).parameters
+    except (TypeError, ValueError):  # builtins or C callables: let the call decide
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [
+        name
+        for i, (name, p) in enumerate(params.items())
+        if i > 0 and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    for name in options:
+        if name not in accepted:
+            close = difflib.get_close_matches(name, accepted, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            field = f"tp.data.options.{name}"
+            raise SpecError(
+                spec.path,
+                field,
+                f"unknown option for format {fmt!r}{hint}; accepted: {', '.join(accepted) or 'none'}",
+                line=spec.line_of(field),
+            )
+
+
+def load_docs(spec: TaskSpec, sources: Registry[TaskSourceDef]) -> list[dict[str, Any]]:
+    """Read every file of ``tp.data.files`` with the spec's format and return all rows, in file order.
+
+    :param spec: the task spec; file paths are relative to its directory.
+    :param sources: the task-source registry (``Registries.tasks``) that names the formats.
+    :return: the rows as dicts, files concatenated in the order listed.
+    :raises SpecError: the format is not registered, an option is unknown, or a file is missing.
+    :raises DataError: a row is malformed (names the file and line).
+    """
+    data = spec.tp.data
+    try:
+        source = sources.get(data.format)
+    except UnknownNameError as err:
+        raise SpecError(spec.path, "tp.data.format", str(err), line=spec.line_of("tp.data.format")) from None
+    options = dict(data.options)
+    _check_options(spec, data.format, source.load, options)
+    docs: list[dict[str, Any]] = []
+    for i, name in enumerate(data.files):
+        path = spec.data_dir / name
+        if not path.is_file():
+            field = f"tp.data.files[{i}]"
+            raise SpecError(spec.path, field, f"file not found: {path}", line=spec.line_of(field))
+        count = 0
+        for _line, row in source.load(path, **options):
+            docs.append(row)
+            count += 1
+        log.debug("task %s: %d rows from %s", spec.name, count, path)
+    return docs
+
+
+def split_docs(
+    spec: TaskSpec,
+    docs: Sequence[dict[str, Any]],
+    *,
+    caps: Mapping[str, int] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Cut ``docs`` into disjoint optimize, validation and test splits, reproducibly.
+
+    The docs are permuted with ``random.Random(tp.splits.seed)``; the splits are consecutive slices of
+    that permutation of sizes ``tp.splits.optimize``, ``validation`` and ``test``, in that order. The
+    permutation depends only on the seed and the number of docs, so the splits never depend on ``caps``.
+
+    :param spec: the task spec (sizes and seed from ``tp.splits``).
+    :param docs: all rows, as returned by :func:`load_docs`.
+    :param caps: optional ``{split: n}`` keeping the first ``n`` docs of a split, so the split under a
+        smaller cap is a prefix of the split under a larger one (budgets nest).
+    :return: ``{"optimize": [...], "validation": [...], "test": [...]}``.
+    :raises SpecError: the spec asks for more docs than there are.
+    :raises ValueError: ``caps`` names an unknown split or holds a negative number.
+    """
+    splits = spec.tp.splits
+    sizes = {"optimize": splits.optimize, "validation": splits.validation, "test": splits.test}
+    wanted = sum(sizes.values())
+    if wanted > len(docs):
+        raise SpecError(
+            spec.path,
+            "tp.splits",
+            f"asks for {splits.optimize} + {splits.validation} + {splits.test} = {wanted} docs "
+            f"(optimize + validation + test) but the data has only {len(docs)}; lower the split sizes",
+            line=spec.line_of("tp.splits"),
+        )
+    caps = dict(caps or {})
+    for name, cap in caps.items():
+        if name not in sizes:
+            raise ValueError(f"caps: unknown split {name!r}; splits are {', '.join(SPLITS)}")
+        if not isinstance(cap, int) or cap < 0:
+            raise ValueError(f"caps[{name!r}]: expected an integer >= 0, got {cap!r}")
+    order = list(range(len(docs)))
+    random.Random(splits.seed).shuffle(order)
+    result: dict[str, list[dict[str, Any]]] = {}
+    start = 0
+    for name in SPLITS:
+        indices = order[start : start + sizes[name]]
+        start += sizes[name]
+        if name in caps:
+            indices = indices[: caps[name]]
+        result[name] = [docs[i] for i in indices]
+    return result

@@ -1,0 +1,96 @@
+"""The exception hierarchy: every deliberate, user-facing error of tp-harness.
+
+Each message says what was wrong, where (file:line, field, plugin, task, split) and what to do.
+The CLI prints ``str(err)`` without a traceback and exits with ``err.exit_code``; any other
+exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class TpHarnessError(Exception):
+    """Base class of every deliberate tp-harness error; ``str(err)`` is shown to the user."""
+
+    exit_code: int = 1
+
+
+class SpecError(TpHarnessError):
+    """A task spec is broken: names the file, the line where known, the dotted field and the problem."""
+
+    exit_code = 2
+
+    def __init__(self, path: str | Path, field: str, problem: str, *, line: int | None = None) -> None:
+        where = f"{path}:{line}" if line else f"{path}"
+        super().__init__(f"{where}: {field}: {problem}")
+        self.path = Path(path)
+        self.field = field
+        self.line = line
+        self.problem = problem
+
+
+class DataError(TpHarnessError):
+    """A data file or one of its rows is malformed: names the file, the line and what was expected."""
+
+    exit_code = 2
+
+    def __init__(self, path: str | Path, problem: str, *, line: int | None = None) -> None:
+        where = f"{path}:{line}" if line else f"{path}"
+        super().__init__(f"{where}: {problem}")
+        self.path = Path(path)
+        self.line = line
+
+
+class BackendError(TpHarnessError):
+    """A backend cannot be built or cannot answer. Says which backend, what failed and what to do."""
+
+    def __init__(self, backend: str, problem: str, fix: str) -> None:
+        super().__init__(f"backend {backend!r}: {problem}\n  to fix: {fix}")
+        self.backend = backend
+
+
+class MetricInputError(TpHarnessError, ValueError):
+    """A metric got inputs of the wrong shape, length or range."""
+
+
+class RegistryError(TpHarnessError):
+    """Base class of plugin registry errors."""
+
+
+class DuplicateNameError(RegistryError):
+    """Two plugins registered the same name in one registry; names both plugins."""
+
+    def __init__(self, kind: str, name: str, first: str, second: str) -> None:
+        super().__init__(
+            f"{kind} {name!r} is registered twice: by plugin {first!r} and by plugin {second!r}; "
+            "uninstall or disable one of them"
+        )
+        self.kind, self.name, self.first, self.second = kind, name, first, second
+
+
+class UnknownNameError(RegistryError, KeyError):
+    """A name was looked up that no plugin registered; lists the close matches and the valid names."""
+
+    def __init__(self, kind: str, name: str, known: list[str]) -> None:
+        import difflib
+
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        super().__init__(f"unknown {kind} {name!r}{hint}; known: {', '.join(sorted(known)) or 'none'}")
+        self.kind, self.name = kind, name
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class RunError(TpHarnessError):
+    """A run directory cannot be created, read or resumed; names the directory and the problem."""
+
+    exit_code = 2
+
+
+class UsageError(TpHarnessError):
+    """The command line asks for something inconsistent; says which flags and what to use instead."""
+
+    exit_code = 2

@@ -1,0 +1,333 @@
+"""The objective prompt evaluator: (instruction x docs) -> sample records -> metrics and composite.
+
+Owns building the lm-eval task object of a spec once per run (:func:`prepare_task`), rendering each
+(instruction, doc) prompt with lm-eval's own ``fewshot_context`` (the instruction is the system
+message, exactly where an exported task's ``description`` puts it), sending the requests of many
+instructions to the backend in one call, and turning the answers into :class:`SampleRecord` rows and
+metric values. It calls models only through a backend and writes nothing to disk.
+Source: Transfer-Prompting (Chang, Chang & Wu, 2025, arXiv 2502.14211), section "objective prompt
+evaluator"; metric definitions in DESIGN.md section 3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backends.base import LMBackend
+from .errors import SpecError
+from .hookspecs import MetricDef, Registry, TaskSourceDef
+from .metrics import DEFAULT_WEIGHTS, SampleRecord, compute_metrics
+from .specs import AnswerFormat, TaskSpec
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("optimize", "validation", "test")
+
+
+def prompt_sha(instruction: str) -> str:
+    """The id of an instruction: the first 16 hex chars of the sha256 of its exact text."""
+    return hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass
+class PreparedTask:
+    """A spec made runnable once per run: its lm-eval task object, its split docs and its scoring mode.
+
+    :ivar splits: ``{"optimize" | "validation" | "test": [doc, ...]}`` (seeded, disjoint; see data.split_docs).
+    :ivar mode: ``multiple_choice`` (loglikelihood) or ``generate_until`` (verbalized answer + confidence).
+    """
+
+    spec: TaskSpec
+    mode: str
+    task: Any
+    splits: dict[str, list[dict]]
+    answer_format: AnswerFormat | None
+    weights: dict[str, float]
+    _contexts: dict[tuple[str, str, int], str] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def docs(self, split: str) -> list[dict]:
+        if split not in self.splits:
+            raise SpecError(self.spec.path, "tp.splits", f"no split {split!r}; have {sorted(self.splits)}")
+        return self.splits[split]
+
+
+def prepare_task(
+    spec: TaskSpec,
+    *,
+    sources: Registry[TaskSourceDef],
+    mode: str | None = None,
+    caps: Mapping[str, int] | None = None,
+    weights: Mapping[str, float] | None = None,
+) -> PreparedTask:
+    """Load a spec's docs, split them and build its lm-eval ``ConfigurableTask`` (once per run).
+
+    :param mode: scoring mode; default the spec's ``output_type``.
+    :param caps: per-split maximum sizes (the budget's samples per split); splits are prefixes.
+    :param weights: composite weights; default the spec's ``tp.metric_weights`` or DESIGN.md's defaults.
+    :raises SpecError: the mode is not available for this spec, or its data do not fill the splits.
+    """
+    import datasets
+    from lm_eval.api.task import ConfigurableTask
+
+    from .data import load_docs, split_docs
+
+    mode = mode or spec.modes[0]
+    config = dict(spec.lm_eval_config(mode))
+    splits = split_docs(spec, load_docs(spec, sources), caps=caps)
+    dataset = datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in splits.items() if v})
+    for key in ("dataset_path", "dataset_name", "dataset_kwargs", "training_split", "validation_split",
+                "fewshot_split", "description"):
+        config.pop(key, None)
+    config.update(custom_dataset=lambda **_: dataset, test_split="test", metadata={"version": 1.0})
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    task = ConfigurableTask(config=config)
+    docs = {k: [dict(d) for d in dataset[k]] if k in dataset else [] for k in SPLITS}
+    w = dict(weights or spec.tp.metric_weights or DEFAULT_WEIGHTS)
+    return PreparedTask(spec=spec, mode=mode, task=task, splits=docs, answer_format=spec.answer_format(mode),
+                        weights=w)
+
+
+# ---------------------------------------------------------------------------------------------
+# prompts and requests
+
+
+def render_context(prepared: PreparedTask, backend: LMBackend, instruction: str, split: str, doc_id: int) -> str:
+    """The exact prompt string lm-eval builds for ``doc`` with ``instruction`` as the task description.
+
+    With a chat template (instruct models) the instruction is the system message; without one it is
+    prepended as plain text, as lm-eval does with ``description``.
+    """
+    key = (instruction, split, doc_id)
+    if key not in prepared._contexts:
+        doc = prepared.splits[split][doc_id]
+        use_chat = backend.has_chat_template
+        prepared._contexts[key] = prepared.task.fewshot_context(
+            doc, 0, system_instruction=instruction or None, apply_chat_template=use_chat,
+            chat_template=backend.apply_chat_template if use_chat else None,
+        )
+    return prepared._contexts[key]
+
+
+@dataclass(frozen=True, slots=True)
+class EvalJob:
+    """One (task, split, instruction) evaluation to run; ``doc_ids`` default to the whole split."""
+
+    prepared: PreparedTask
+    split: str
+    instruction: str
+    doc_ids: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The result of one :class:`EvalJob`: records, metric values (plus ``composite``) and costs.
+
+    :ivar metrics: ``{"acc", "ifr", "ece", "auroc", "pr_p", "pr_n", "composite"}`` floats in [0, 1] or None.
+    :ivar seconds: wall time of the backend call, shared pro rata between the jobs of one call.
+    :ivar tokens: prompt + continuation tokens pushed through the scorer LLM for this job.
+    """
+
+    task: str
+    split: str
+    instruction: str
+    prompt_sha: str
+    mode: str
+    records: tuple[SampleRecord, ...]
+    metrics: dict[str, float | None]
+    seconds: float
+    tokens: int
+
+    @property
+    def n(self) -> int:
+        return len(self.records)
+
+    @property
+    def composite(self) -> float:
+        value = self.metrics.get("composite")
+        return float("-inf") if value is None else float(value)
+
+
+def count_scorer_requests(prepared: PreparedTask, split: str, num_docs: int | None = None) -> int:
+    """How many backend requests one instruction costs on ``split`` (choices per doc in multiple_choice)."""
+    docs = prepared.splits[split][:num_docs] if num_docs else prepared.splits[split]
+    if prepared.mode != "multiple_choice":
+        return len(docs)
+    return sum(len(prepared.task.doc_to_choice(d)) for d in docs)
+
+
+def evaluate_jobs(
+    backend: LMBackend,
+    jobs: Sequence[EvalJob],
+    *,
+    metrics: Registry[MetricDef],
+) -> list[Evaluation]:
+    """Evaluate many (task, split, instruction) jobs with one backend call per request type.
+
+    All loglikelihood requests of all jobs go to the backend together (lm-eval sorts and batches
+    them), and likewise all generate_until requests, so a whole optimization step is one call.
+    :return: one :class:`Evaluation` per job, in order.
+    """
+    from lm_eval.api.instance import Instance
+
+    ll_reqs: list[Any] = []
+    gen_reqs: list[Any] = []
+    plan: list[tuple[EvalJob, list[int], list[tuple[int, int, int]]]] = []  # job, doc_ids, (doc_id, start, count)
+    for job in jobs:
+        prep = job.prepared
+        ids = list(job.doc_ids) if job.doc_ids is not None else list(range(len(prep.docs(job.split))))
+        spans = []
+        for doc_id in ids:
+            doc = prep.splits[job.split][doc_id]
+            ctx = render_context(prep, backend, job.instruction, job.split, doc_id)
+            if prep.mode == "multiple_choice":
+                reqs = prep.task.construct_requests(doc=doc, ctx=ctx, metadata=(prep.name, doc_id, 1),
+                                                    apply_chat_template=backend.has_chat_template)
+                spans.append((doc_id, len(ll_reqs), len(reqs)))
+                ll_reqs.extend(reqs)
+            else:
+                gen_kwargs = dict(prep.task.config.generation_kwargs or {})
+                spans.append((doc_id, len(gen_reqs), 1))
+                gen_reqs.append(Instance(request_type="generate_until", doc=doc, arguments=(ctx, gen_kwargs),
+                                         idx=0, metadata=(prep.name, doc_id, 1)))
+        plan.append((job, ids, spans))
+
+    t0 = time.perf_counter()
+    ll_results = backend.loglikelihood(ll_reqs)
+    gen_results = backend.generate_until(gen_reqs)
+    elapsed = time.perf_counter() - t0
+    total_reqs = max(1, len(ll_reqs) + len(gen_reqs))
+
+    out: list[Evaluation] = []
+    for job, _ids, spans in plan:
+        prep = job.prepared
+        sha = prompt_sha(job.instruction)
+        records: list[SampleRecord] = []
+        texts: list[str] = []
+        for doc_id, start, count in spans:
+            doc = prep.splits[job.split][doc_id]
+            if prep.mode == "multiple_choice":
+                reqs = ll_reqs[start:start + count]
+                lls = [r[0] for r in ll_results[start:start + count]]
+                records.append(_mc_record(prep, doc, doc_id, sha, lls))
+                texts.extend(a for r in reqs for a in r.arguments)
+            else:
+                response = gen_results[start]
+                records.append(_gen_record(prep, doc, doc_id, sha, response))
+                texts.extend([gen_reqs[start].arguments[0], response])
+        n_reqs = sum(c for _, _, c in spans)
+        defs = _applicable(metrics, prep.mode)
+        values = compute_metrics(records, defs, weights={k: w for k, w in prep.weights.items() if k in defs})
+        out.append(Evaluation(task=prep.name, split=job.split, instruction=job.instruction, prompt_sha=sha,
+                              mode=prep.mode, records=tuple(records), metrics=values,
+                              seconds=elapsed * n_reqs / total_reqs, tokens=backend.count_tokens(texts)))
+    return out
+
+
+def _applicable(metrics: Registry[MetricDef], mode: str) -> dict[str, MetricDef]:
+    return {name: metrics.get(name) for name in metrics.names() if mode in metrics.get(name).output_types}
+
+
+def _mc_record(prep: PreparedTask, doc: dict, doc_id: int, sha: str, lls: list[float]) -> SampleRecord:
+    """multiple_choice: prediction = argmax loglikelihood (lm-eval's ``acc``); confidence = its softmax share."""
+    choices = [str(c) for c in prep.task.doc_to_choice(doc)]
+    gold_idx = prep.task.doc_to_target(doc)
+    if isinstance(gold_idx, str):
+        gold_idx = choices.index(gold_idx) if gold_idx in choices else int(gold_idx)
+    top = max(lls)
+    probs = [math.exp(v - top) for v in lls]
+    total = sum(probs)
+    pred = max(range(len(lls)), key=lambda i: lls[i])
+    return SampleRecord(doc_id=doc_id, prompt_sha=sha, response=choices[pred], parsed_answer=choices[pred],
+                        gold=choices[gold_idx], confidence=min(1.0, max(0.0, probs[pred] / total)), followed=None,
+                        correct=pred == gold_idx)
+
+
+# ---------------------------------------------------------------------------------------------
+# verbalized answers (generate_until): parsers
+
+_CONF_RE = re.compile(r"confidence\s*[:=]\s*(\d+(?:\.\d+)?)\s*(%?)", re.IGNORECASE)
+_ANSWER_RE = re.compile(r"answer\s*[:=]\s*(.+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedAnswer:
+    """What a parser read from a response: the answer (or None), the confidence in [0, 1] (or None),
+    and whether the response followed the required format (an allowed answer AND a confidence in 0-100)."""
+
+    answer: str | None
+    confidence: float | None
+    followed: bool
+
+
+def parse_verbalized(response: str, fmt: AnswerFormat, allowed: Sequence[str]) -> ParsedAnswer:
+    """Parse ``Answer: <x>`` and ``Confidence: <0-100>%`` from a scorer response.
+
+    Parsers (``tp.modes.generate_until.answer_format.parser``): ``letter_confidence`` (a letter among
+    ``allowed``), ``label_confidence`` (a label among ``allowed``, case-insensitive), ``number_confidence``
+    (a number, compared numerically as text). Confidence is read as a percentage (0-100) and returned
+    as a probability; outside 0-100 it counts as missing. The paper's verbalized protocol follows
+    Xiong et al., ICLR 2024.
+    """
+    answer: str | None = None
+    m = _ANSWER_RE.search(response)
+    if m:
+        raw = m.group(1).strip().splitlines()[0].strip()
+        if fmt.parser == "letter_confidence":
+            lm = re.match(r"^\(?([A-Za-z])\b\)?", raw)
+            if lm and lm.group(1).upper() in allowed:
+                answer = lm.group(1).upper()
+        elif fmt.parser == "label_confidence":
+            lowered = {a.lower(): a for a in allowed}
+            word = re.sub(r"[^\w\s-]", "", raw).strip().lower()
+            answer = lowered.get(word) or next((lowered[k] for k in lowered if word.startswith(k)), None)
+        elif fmt.parser == "number_confidence":
+            nm = re.search(r"-?\d[\d,]*(?:\.\d+)?", raw)
+            if nm:
+                answer = _normalize_number(nm.group(0))
+    confidence: float | None = None
+    c = _CONF_RE.search(response)
+    if c:
+        value = float(c.group(1))
+        if 0.0 <= value <= 100.0:
+            confidence = value / 100.0
+    return ParsedAnswer(answer=answer, confidence=confidence, followed=answer is not None and confidence is not None)
+
+
+def _normalize_number(text: str) -> str:
+    text = text.replace(",", "")
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return str(int(value)) if value.is_integer() else str(value)
+
+
+def _gen_record(prep: PreparedTask, doc: dict, doc_id: int, sha: str, response: str) -> SampleRecord:
+    fmt = prep.answer_format
+    if fmt is None:
+        raise SpecError(prep.spec.path, f"tp.modes.{prep.mode}.answer_format", "required for generate_until")
+    target = prep.task.doc_to_target(doc)
+    labels = list(fmt.labels or [])
+    if fmt.parser == "letter_confidence" and not labels:
+        labels = [chr(ord("A") + i) for i in range(len(prep.task.doc_to_choice(doc)))]
+    if isinstance(target, int) and labels:
+        gold = labels[target]
+    else:
+        gold = str(target).strip()
+    if fmt.parser == "number_confidence":
+        gold = _normalize_number(gold)
+    parsed = parse_verbalized(response, fmt, labels)
+    return SampleRecord(doc_id=doc_id, prompt_sha=sha, response=response, parsed_answer=parsed.answer, gold=gold,
+                        confidence=parsed.confidence, followed=parsed.followed,
+                        correct=parsed.answer is not None and parsed.answer.lower() == gold.lower())

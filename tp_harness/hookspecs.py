@@ -1,0 +1,221 @@
+"""Hook specifications and the typed registries that hooks fill.
+
+This module is the plugin contract: the ``tp_harness`` hook markers, one ``tp_register_<kind>s`` hook
+per kind of extension, the :class:`Registry` each hook receives and the definition types a plugin adds
+(:class:`MetricDef`, :class:`BackendDef`, :class:`TaskSourceDef`, :class:`OptimizerDef`,
+:class:`ReporterDef`). Of tp_harness it imports only :mod:`tp_harness.errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import pluggy
+
+from .errors import DuplicateNameError, UnknownNameError
+
+PROJECT = "tp_harness"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry(Generic[T]):
+    """One registered item: its name, the object, and the plugin that added it."""
+
+    name: str
+    item: T
+    plugin: str
+
+
+class Registry(Generic[T]):
+    """A named, typed registry of one kind of extension (metric, backend, ...).
+
+    ``add`` refuses a taken name with :class:`DuplicateNameError` naming both plugins; ``get`` of an
+    unknown name raises :class:`UnknownNameError` with close matches. Modeled on lm-eval's
+    ``lm_eval/api/registry.py``. The plugin manager binds ``plugin`` before it calls each hook
+    implementation, so the registry knows who added what; plugin order never changes the result.
+    """
+
+    def __init__(self, kind: str, item_type: type | tuple[type, ...] | None = None) -> None:
+        self.kind = kind
+        self.item_type = item_type
+        self._entries: dict[str, Entry[T]] = {}
+        self.plugin = "<direct>"
+
+    def add(self, name: str, item: T) -> None:
+        """Register ``item`` under ``name``.
+
+        :raises DuplicateNameError: the name is already registered (by this or another plugin).
+        :raises TypeError: ``item`` is not of the registry's item type.
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{self.kind} name must be a non-empty string, got {name!r}")
+        if self.item_type is not None and not isinstance(item, self.item_type):
+            raise TypeError(
+                f"plugin {self.plugin!r} registered {self.kind} {name!r} as {type(item).__name__}; "
+                f"expected {getattr(self.item_type, '__name__', self.item_type)}"
+            )
+        if name in self._entries:
+            raise DuplicateNameError(self.kind, name, self._entries[name].plugin, self.plugin)
+        self._entries[name] = Entry(name, item, self.plugin)
+
+    def get(self, name: str) -> T:
+        """Return the item registered under ``name``; :raises UnknownNameError: if there is none."""
+        try:
+            return self._entries[name].item
+        except KeyError:
+            raise UnknownNameError(self.kind, name, list(self._entries)) from None
+
+    def entry(self, name: str) -> Entry[T]:
+        """Return the :class:`Entry` (item and adding plugin) for ``name``."""
+        self.get(name)
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        """Registered names in registration order."""
+        return list(self._entries)
+
+    def entries(self) -> list[Entry[T]]:
+        """All entries in registration order."""
+        return list(self._entries.values())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# ----------------------------------------------------------------------------------------------
+# What plugins register
+
+
+@dataclass(frozen=True, slots=True)
+class MetricDef:
+    """A corpus-level metric of the objective prompt evaluator.
+
+    ``compute(records)`` takes the per-sample records of one (task, prompt, split) evaluation
+    (``tp_harness.metrics.SampleRecord``) and returns a float in [0, 1] or ``None`` when the metric
+    is undefined for those records (the composite then drops its term).
+    """
+
+    compute: Callable[[Sequence[Any]], float | None]
+    display: str
+    higher_is_better: bool = True
+    needs_confidence: bool = False
+    output_types: frozenset[str] = frozenset({"generate_until", "multiple_choice"})
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendDef:
+    """A model backend: ``factory(model_args: dict[str, str], **options)`` returns a scorer/reference model.
+
+    The returned object follows ``tp_harness.backends.base.ModelBackend``: lm-eval style
+    ``loglikelihood(requests)`` / ``generate_until(requests)`` plus ``identity`` and ``chat``.
+    """
+
+    factory: Callable[..., Any]
+    description: str = ""
+    needs_gpu: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSourceDef:
+    """A data format: ``load(path, **options)`` yields ``(line_number, row_dict)`` pairs from one file.
+
+    Raises ``DataError`` naming the file and line of a malformed row. Specs pick it by name in
+    ``tp.data.format``.
+    """
+
+    load: Callable[..., Iterable[tuple[int, dict[str, Any]]]]
+    description: str = ""
+    suffixes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizerDef:
+    """A prompt optimizer: ``run(context)`` where ``context`` is ``tp_harness.optimizer.transfer.RunContext``."""
+
+    run: Callable[..., Any]
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReporterDef:
+    """A reporter: ``write(run_dir: Path, results: dict, *, results_root: Path) -> list[Path]``, called when a run finishes."""
+
+    write: Callable[..., list[Path]]
+    description: str = ""
+
+
+@dataclass(slots=True)
+class Registries:
+    """One registry per kind; built by ``tp_harness.plugins.build_registries``."""
+
+    tasks: Registry[TaskSourceDef] = field(default_factory=lambda: Registry("task source", TaskSourceDef))
+    metrics: Registry[MetricDef] = field(default_factory=lambda: Registry("metric", MetricDef))
+    backends: Registry[BackendDef] = field(default_factory=lambda: Registry("backend", BackendDef))
+    optimizers: Registry[OptimizerDef] = field(default_factory=lambda: Registry("optimizer", OptimizerDef))
+    reporters: Registry[ReporterDef] = field(default_factory=lambda: Registry("reporter", ReporterDef))
+
+
+# ----------------------------------------------------------------------------------------------
+# Hook specifications
+
+
+@hookspec
+def tp_register_tasks(registry: Registry[TaskSourceDef]) -> None:
+    """Add task sources: data formats that ``tp.data.format`` in a task spec can name.
+
+    :param registry: call ``registry.add(name, TaskSourceDef(load=...))`` once per format.
+    :return: nothing; results go through ``registry``.
+    Called once per plugin manager for built-in and external plugins alike; a name added twice
+    raises ``DuplicateNameError`` naming both plugins.
+    """
+
+
+@hookspec
+def tp_register_metrics(registry: Registry[MetricDef]) -> None:
+    """Add metrics that the evaluator computes and that gates and reports can name.
+
+    :param registry: call ``registry.add(name, MetricDef(...))`` once per metric; name in snake case.
+    :return: nothing; results go through ``registry``.
+    """
+
+
+@hookspec
+def tp_register_backends(registry: Registry[BackendDef]) -> None:
+    """Add model backends that ``--model`` and ``--reference-model`` can name.
+
+    :param registry: call ``registry.add(name, BackendDef(factory=...))``; kebab-case names, an
+        optional ``:argument`` is passed to the factory as ``model_args['name']``.
+    :return: nothing; results go through ``registry``.
+    """
+
+
+@hookspec
+def tp_register_optimizers(registry: Registry[OptimizerDef]) -> None:
+    """Add prompt optimizers that ``tp-harness optimize --optimizer`` can name.
+
+    :param registry: call ``registry.add(name, OptimizerDef(run=...))``.
+    :return: nothing; results go through ``registry``.
+    """
+
+
+@hookspec
+def tp_register_reporters(registry: Registry[ReporterDef]) -> None:
+    """Add reporters that run when a run finishes (leaderboard, report, plots, ...).
+
+    :param registry: call ``registry.add(name, ReporterDef(write=...))``.
+    :return: nothing; results go through ``registry``.
+    """

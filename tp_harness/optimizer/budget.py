@@ -1,0 +1,70 @@
+"""Budgets: how much search a run does (steps, candidates, samples per split), and its projected cost.
+
+Owns the ``--budget smoke|light|medium|heavy`` presets and the projection of scorer and reference
+calls printed before a run. Pure data and arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UsageError
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One budget preset.
+
+    :ivar steps: optimization steps per stage (each proposes ``num_candidates`` instructions).
+    :ivar optimize_n, validation_n, test_n: samples per split per task (caps on the spec's splits;
+        ``None`` means the spec's full split).
+    :ivar k_source: best source prompts kept after stage 1 and transferred to stage 2.
+    :ivar finalists: best target candidates re-scored on the validation split for the final choice.
+    """
+
+    name: str
+    steps: int
+    num_candidates: int
+    optimize_n: int | None
+    validation_n: int | None
+    test_n: int | None
+    k_source: int
+    finalists: int
+    reference_max_tokens: int = 96
+
+    def caps(self) -> dict[str, int]:
+        """Per-split caps for :func:`tp_harness.data.split_docs`."""
+        return {k: v for k, v in (("optimize", self.optimize_n), ("validation", self.validation_n),
+                                  ("test", self.test_n)) if v is not None}
+
+
+BUDGETS: dict[str, Budget] = {
+    "smoke": Budget("smoke", steps=1, num_candidates=3, optimize_n=6, validation_n=6, test_n=12, k_source=2,
+                    finalists=2, reference_max_tokens=48),
+    "light": Budget("light", steps=3, num_candidates=6, optimize_n=24, validation_n=32, test_n=96, k_source=3,
+                    finalists=3),
+    "medium": Budget("medium", steps=6, num_candidates=8, optimize_n=64, validation_n=64, test_n=128, k_source=5,
+                     finalists=5),
+    "heavy": Budget("heavy", steps=12, num_candidates=8, optimize_n=None, validation_n=None, test_n=None,
+                    k_source=5, finalists=5),
+}
+
+
+def get_budget(name: str) -> Budget:
+    """The preset called ``name``; :raises UsageError: for an unknown name, listing the valid ones."""
+    if name not in BUDGETS:
+        raise UsageError(f"--budget {name!r} is not a budget; use one of: {', '.join(BUDGETS)}")
+    return BUDGETS[name]
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Projected calls of a run: scorer requests (loglikelihood or generate_until) and reference samples."""
+
+    scorer_requests: int
+    reference_samples: int
+    candidates: int
+
+    def describe(self) -> str:
+        return (f"projected: {self.candidates} candidate evaluations, {self.scorer_requests:,} scorer requests, "
+                f"{self.reference_samples} reference-LLM samples")

@@ -1,0 +1,173 @@
+"""One optimization stage: the OPRO loop with the paper's multi-metric evaluator.
+
+Owns the per-step cycle of Transfer-Prompting (arXiv 2502.14211, section 3; OPRO, Yang et al. 2023):
+build the meta-prompt from the history, sample candidates from the reference LLM, add evolutionary
+edits of the best instructions, apply hygiene, score the candidates through the caller's scoring
+function, append them to the history and hand each scored row to the caller's sink (the journal).
+Resume: rows already in the journal are recalled instead of re-scored, and every random choice of a
+step is seeded by (seed, stage, step), so an interrupted run resumed ends where an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..evaluator import prompt_sha
+from .candidates import Candidate, evolve, hygiene, text_hash
+from .meta_prompt import Exemplar, build_meta_prompt, extract_instructions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScoredPrompt:
+    """A scored instruction in the history.
+
+    :ivar composite: the composite in [0, 1] on the stage's optimize split(s) (mean over tasks in stage 1).
+    :ivar metrics: every metric value (mean over tasks in stage 1), plus ``composite``.
+    """
+
+    text: str
+    sha: str
+    proposer: str
+    composite: float | None
+    metrics: dict[str, float | None]
+    step: int
+    row: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def rank_key(self) -> tuple[float, int]:
+        return (-1.0 if self.composite is None else self.composite, -self.step)
+
+
+class Progress(Protocol):
+    """What a stage reports while it runs (the CLI passes a tqdm bar; the default is silent)."""
+
+    def advance(self, n: int = 1, *, step: int | None = None, best: float | None = None) -> None: ...
+
+
+class _Silent:
+    def advance(self, n: int = 1, *, step: int | None = None, best: float | None = None) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """Settings of one stage (DESIGN.md section 2 defaults)."""
+
+    steps: int
+    num_candidates: int = 8
+    reference_share: float = 0.5
+    max_history: int = 20
+    num_exemplars: int = 3
+    max_chars: int = 500
+    temperature: float = 1.0
+    reference_max_tokens: int = 96
+
+
+#: scores candidates of one step: (candidates, step) -> one (metrics, extra row fields) per candidate
+ScoreFn = Callable[[Sequence[Candidate], int], list[tuple[dict[str, float | None], dict[str, Any]]]]
+#: writes one scored row to the journal
+Sink = Callable[[dict], None]
+#: finds the journal row of (step, prompt sha) if it was scored already
+Recall = Callable[[int, str], dict | None]
+
+
+def rank(history: Sequence[ScoredPrompt]) -> list[ScoredPrompt]:
+    """History sorted best first (composite, then earlier step)."""
+    return sorted(history, key=lambda p: p.rank_key, reverse=True)
+
+
+def run_stage(
+    *,
+    stage: str,
+    description: str,
+    initial: Sequence[Candidate],
+    score: ScoreFn,
+    sink: Sink,
+    recall: Recall,
+    reference: Any,
+    exemplars: Callable[[random.Random], list[Exemplar]],
+    settings: StageSettings,
+    seed: int,
+    progress: Progress | None = None,
+    row_base: dict[str, Any] | None = None,
+) -> list[ScoredPrompt]:
+    """Run one stage and return its whole history (initial prompts included), best first.
+
+    :param stage: ``source`` or ``target`` (journal value); also salts the step seeds.
+    :param initial: step-0 prompts (originals, and in stage 2 the transferred source prompts).
+    :param score: scores a list of candidates on the stage's optimize split(s).
+    :param sink: receives each scored row (the journal writer).
+    :param recall: returns the journal row of an already scored (step, prompt sha), for ``--resume``.
+    :param reference: the reference LLM backend (``sample(prompt, num_samples=..., ...)``).
+    :param exemplars: draws the meta-prompt's (question, answer) examples with the step's generator.
+    """
+    progress = progress or _Silent()
+    history: list[ScoredPrompt] = []
+    base = dict(row_base or {})
+    for step in range(settings.steps + 1):
+        rng = random.Random(f"{seed}:{stage}:{step}")
+        if step == 0:
+            cands, dropped = hygiene(initial, max_chars=10_000, min_chars=1)
+        else:
+            cands, dropped = _propose(history, description, reference, exemplars, settings, rng,
+                                      seed=hash_seed(seed, stage, step))
+        scored = _score_step(cands, step, score, sink, recall, base, stage)
+        history.extend(scored)
+        best = rank(history)[0].composite if history else None
+        progress.advance(len(cands), step=step, best=best)
+        log.info("%s step %d: %d candidates (dropped %s), best composite %s", stage, step, len(cands), dropped, best)
+    return rank(history)
+
+
+def hash_seed(seed: int, stage: str, step: int) -> int:
+    """A 31-bit seed for the reference LLM's sampling at (run seed, stage, step)."""
+    return int(text_hash(f"{seed}:{stage}:{step}"), 16) % (2**31 - 1)
+
+
+def _propose(history, description, reference, exemplars, settings: StageSettings, rng: random.Random, *, seed: int):
+    ranked = rank(history)
+    seen = [text_hash(p.text) for p in history]
+    num_ref = round(settings.num_candidates * settings.reference_share)
+    raw: list[Candidate] = []
+    if num_ref > 0 and reference is not None:
+        meta = build_meta_prompt(description, [(p.text, p.composite) for p in history], exemplars(rng),
+                                 max_history=settings.max_history)
+        replies = reference.sample(meta, num_samples=num_ref, temperature=settings.temperature,
+                                   max_tokens=settings.reference_max_tokens, seed=seed)
+        for reply in replies:
+            raw.extend(Candidate(text=t, proposer="reference") for t in extract_instructions(reply)[:1])
+    kept, dropped = hygiene(raw, seen=seen, max_chars=settings.max_chars)
+    need = settings.num_candidates - len(kept)
+    if need > 0:
+        evo = evolve([p.text for p in ranked], num=need * 3, rng=rng)
+        more, dropped_evo = hygiene(evo, seen=seen + [text_hash(c.text) for c in kept], max_chars=settings.max_chars)
+        kept += more[:need]
+        for k, v in dropped_evo.items():
+            dropped[k] = dropped.get(k, 0) + v
+    return kept, dropped
+
+
+def _score_step(cands, step, score: ScoreFn, sink: Sink, recall: Recall, base: dict, stage: str) -> list[ScoredPrompt]:
+    shas = [prompt_sha(c.text) for c in cands]
+    recalled = {sha: recall(step, sha) for sha in shas}
+    todo = [c for c, sha in zip(cands, shas) if recalled[sha] is None]
+    fresh = dict(zip([prompt_sha(c.text) for c in todo], score(todo, step))) if todo else {}
+    out = []
+    for index, (cand, sha) in enumerate(zip(cands, shas)):
+        if recalled[sha] is not None:
+            row = recalled[sha]
+        else:
+            metrics, extra = fresh[sha]
+            row = {**base, "stage": stage, "step": step, "candidate_index": index, "num_candidates": len(cands),
+                   "proposer": cand.proposer, "operation": cand.operation, "prompt": cand.text, "prompt_sha": sha,
+                   "metrics": metrics, **extra}
+            sink(row)
+        out.append(ScoredPrompt(text=cand.text, sha=sha, proposer=row["proposer"],
+                                composite=row["metrics"].get("composite"), metrics=row["metrics"], step=step, row=row))
+    return out

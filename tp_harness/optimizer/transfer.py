@@ -1,0 +1,326 @@
+"""Two-stage Transfer-Prompting: source prompt construction, then target prompt generation.
+
+Owns the run-level algorithm of Chang, Chang & Wu (2025, arXiv 2502.14211, sections 3.1-3.2):
+stage 1 optimizes one instruction set over >= 2 source tasks (composite averaged over them) and keeps
+the top ``k_source``; stage 2 re-scores those and the target's original instruction on the target's
+optimize split, seeds the history with them and optimizes on the target; the final prompt is chosen
+on the target validation split and reported with the original on the test split. The ablations
+``no_transfer`` (stage 2 from the original alone) and ``source_only`` (stage 1's best used as is) are
+modes. Every scored candidate goes to the run journal; finished rows are recalled on ``--resume``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..backends.base import LMBackend
+from ..evaluator import EvalJob, Evaluation, PreparedTask, count_scorer_requests, evaluate_jobs, prompt_sha
+from ..hookspecs import OptimizerDef, Registries, Registry, hookimpl
+from ..journal import RunDir, read_jsonl, write_jsonl
+from ..metrics import SampleRecord
+from .budget import Budget, Projection
+from .candidates import Candidate
+from .loop import Progress, ScoredPrompt, StageSettings, rank, run_stage
+from .meta_prompt import Exemplar
+
+log = logging.getLogger(__name__)
+
+MODES = ("two_stage", "no_transfer", "source_only")
+PROMPT_KINDS = ("original", "best_source", "best_target")
+
+
+@dataclass
+class RunContext:
+    """Everything one optimization run needs; built by the CLI (or the public API), passed down.
+
+    :ivar progress: ``progress(label, total) -> Progress`` makes one progress bar per stage.
+    """
+
+    registries: Registries
+    scorer: LMBackend
+    reference: LMBackend
+    sources: list[PreparedTask]
+    targets: list[PreparedTask]
+    budget: Budget
+    seed: int
+    mode: str
+    run: RunDir
+    progress: Callable[[str, int], Progress] | None = None
+    reference_share: float = 0.5
+
+
+@dataclass
+class TargetOutcome:
+    """The final evaluations of one target task: test-split evaluations by prompt kind."""
+
+    task: str
+    prompts: dict[str, str] = field(default_factory=dict)
+    evaluations: dict[str, Evaluation] = field(default_factory=dict)
+
+
+@dataclass
+class RunOutcome:
+    """What a run found: best source prompts, per-target outcomes and the trajectory rows."""
+
+    source_prompts: list[ScoredPrompt]
+    targets: list[TargetOutcome]
+
+
+def project_calls(ctx: RunContext) -> Projection:
+    """Project candidate evaluations, scorer requests and reference samples of the run (upper bound)."""
+    b = ctx.budget
+    per_step = b.num_candidates
+    num_ref = round(b.num_candidates * ctx.reference_share)
+    cands = requests = ref = 0
+    if ctx.mode != "no_transfer" and ctx.sources:
+        n1 = len(ctx.sources) + b.steps * per_step  # originals + candidates (upper bound)
+        cands += n1
+        requests += n1 * sum(count_scorer_requests(s, "optimize") for s in ctx.sources)
+        ref += b.steps * num_ref
+    for t in ctx.targets:
+        if ctx.mode != "source_only":
+            seeds = 1 + (b.k_source if ctx.mode == "two_stage" else 0)
+            n2 = seeds + b.steps * per_step
+            cands += n2 + b.finalists
+            requests += n2 * count_scorer_requests(t, "optimize") + b.finalists * count_scorer_requests(t, "validation")
+            ref += b.steps * num_ref
+        finals = 3 if ctx.mode == "two_stage" else 2
+        cands += finals
+        requests += finals * count_scorer_requests(t, "test")
+    return Projection(scorer_requests=requests, reference_samples=ref, candidates=cands)
+
+
+def _settings(ctx: RunContext) -> StageSettings:
+    b = ctx.budget
+    return StageSettings(steps=b.steps, num_candidates=b.num_candidates, reference_share=ctx.reference_share,
+                         reference_max_tokens=b.reference_max_tokens)
+
+
+def _exemplar_fn(tasks: Sequence[PreparedTask], k: int = 3) -> Callable[[random.Random], list[Exemplar]]:
+    def draw(rng: random.Random) -> list[Exemplar]:
+        out = []
+        for _ in range(k):
+            prep = rng.choice(list(tasks))
+            docs = prep.splits["optimize"]
+            if not docs:
+                continue
+            doc = rng.choice(docs)
+            out.append(Exemplar(question=str(prep.task.doc_to_text(doc)), answer=_gold_text(prep, doc)))
+        return out
+
+    return draw
+
+
+def _gold_text(prep: PreparedTask, doc: dict) -> str:
+    target = prep.task.doc_to_target(doc)
+    if prep.task.config.doc_to_choice is not None:
+        choices = prep.task.doc_to_choice(doc)
+        if isinstance(target, int) and 0 <= target < len(choices):
+            return str(choices[target])
+    return str(target)
+
+
+def _mean_metrics(evals: Sequence[Evaluation]) -> dict[str, float | None]:
+    keys = list(dict.fromkeys(k for e in evals for k in e.metrics))
+    out: dict[str, float | None] = {}
+    for k in keys:
+        vals = [e.metrics[k] for e in evals if e.metrics.get(k) is not None]
+        out[k] = sum(vals) / len(vals) if vals else None
+    return out
+
+
+def _cost(evals: Sequence[Evaluation]) -> dict[str, Any]:
+    return {"n": sum(e.n for e in evals), "seconds": round(sum(e.seconds for e in evals), 3),
+            "tokens": sum(e.tokens for e in evals)}
+
+
+# ---------------------------------------------------------------------------------------------
+# stages
+
+
+def run_source_stage(ctx: RunContext) -> list[ScoredPrompt]:
+    """Stage 1 (source prompt construction): history best first; composite = mean over source tasks."""
+    sources = ctx.sources
+    label = "+".join(s.name for s in sources)
+
+    def score(cands: Sequence[Candidate], step: int):
+        jobs = [EvalJob(s, "optimize", c.text) for c in cands for s in sources]
+        evals = evaluate_jobs(ctx.scorer, jobs, metrics=ctx.registries.metrics)
+        out = []
+        for i, _c in enumerate(cands):
+            group = evals[i * len(sources):(i + 1) * len(sources)]
+            out.append((_mean_metrics(group), {"split": "optimize", **_cost(group),
+                                               "per_task": {e.task: e.metrics for e in group}}))
+        return out
+
+    def recall(step: int, sha: str) -> dict | None:
+        rows = ctx.run.find(stage="source", task=label, step=step, prompt_sha=sha)
+        return rows[0] if rows else None
+
+    description = "Write one instruction that works across these tasks. " + " ".join(
+        f"({i + 1}) {s.spec.tp.description.strip()}" for i, s in enumerate(sources))
+    initial = [Candidate(s.spec.tp.instruction, "original") for s in sources]
+    total = len(initial) + ctx.budget.steps * ctx.budget.num_candidates
+    return run_stage(
+        stage="source", description=description, initial=initial, score=score, sink=ctx.run.append,
+        recall=recall, reference=ctx.reference, exemplars=_exemplar_fn(sources), settings=_settings(ctx),
+        seed=ctx.seed, progress=ctx.progress("stage 1 (source)", total) if ctx.progress else None,
+        row_base={"task": label},
+    )
+
+
+def run_target_stage(ctx: RunContext, target: PreparedTask, seeds: Sequence[ScoredPrompt]) -> list[ScoredPrompt]:
+    """Stage 2 (target prompt generation) on one target, seeded with the original and ``seeds``."""
+
+    def score(cands: Sequence[Candidate], step: int):
+        evals = evaluate_jobs(ctx.scorer, [EvalJob(target, "optimize", c.text) for c in cands],
+                              metrics=ctx.registries.metrics)
+        return [(e.metrics, {"split": "optimize", **_cost([e])}) for e in evals]
+
+    def recall(step: int, sha: str) -> dict | None:
+        rows = ctx.run.find(stage="target", task=target.name, step=step, prompt_sha=sha)
+        return rows[0] if rows else None
+
+    initial = [Candidate(target.spec.tp.instruction, "original")]
+    initial += [Candidate(s.text, "seed") for s in seeds]
+    total = len(initial) + ctx.budget.steps * ctx.budget.num_candidates
+    return run_stage(
+        stage="target", description=target.spec.tp.description, initial=initial, score=score,
+        sink=ctx.run.append, recall=recall, reference=ctx.reference, exemplars=_exemplar_fn([target]),
+        settings=_settings(ctx), seed=ctx.seed,
+        progress=ctx.progress(f"stage 2 (target {target.name})", total) if ctx.progress else None,
+        row_base={"task": target.name},
+    )
+
+
+def select_on_validation(ctx: RunContext, target: PreparedTask, history: Sequence[ScoredPrompt]) -> ScoredPrompt:
+    """Re-score the ``finalists`` best target candidates on the validation split; return the best there.
+
+    Ties keep the optimize-split order. Rows go to the journal with stage ``select``.
+    """
+    finalists = rank(history)[: max(1, ctx.budget.finalists)]
+    scores: dict[str, float] = {}
+    todo = []
+    for cand in finalists:
+        rows = ctx.run.find(stage="select", task=target.name, prompt_sha=cand.sha)
+        if rows:
+            scores[cand.sha] = _composite(rows[0]["metrics"])
+        else:
+            todo.append(cand)
+    evals = evaluate_jobs(ctx.scorer, [EvalJob(target, "validation", c.text) for c in todo],
+                          metrics=ctx.registries.metrics) if todo else []
+    for index, (cand, ev) in enumerate(zip(todo, evals)):
+        ctx.run.append({"stage": "select", "step": 0, "task": target.name, "split": "validation",
+                        "candidate_index": index, "proposer": cand.proposer, "prompt": cand.text,
+                        "prompt_sha": cand.sha, "metrics": ev.metrics, **_cost([ev])})
+        scores[cand.sha] = ev.composite
+    return max(finalists, key=lambda c: scores[c.sha])  # max keeps the first of equals
+
+
+def _composite(metrics: dict) -> float:
+    value = metrics.get("composite")
+    return float("-inf") if value is None else float(value)
+
+
+def final_evaluations(ctx: RunContext, target: PreparedTask, prompts: dict[str, str]) -> TargetOutcome:
+    """Evaluate each prompt kind on the target's test split (one call), write samples and journal rows."""
+    outcome = TargetOutcome(task=target.name, prompts=dict(prompts))
+    distinct = list(dict.fromkeys(prompts.values()))
+    recalled: dict[str, Evaluation] = {}
+    todo = []
+    for text in distinct:
+        ev = _recall_final(ctx, target, text)
+        if ev is not None:
+            recalled[text] = ev
+        else:
+            todo.append(text)
+    evals = evaluate_jobs(ctx.scorer, [EvalJob(target, "test", t) for t in todo],
+                          metrics=ctx.registries.metrics) if todo else []
+    for text, ev in zip(todo, evals):
+        recalled[text] = ev
+        kinds = [k for k, v in prompts.items() if v == text]
+        for kind in kinds:
+            write_jsonl(ctx.run.samples_path(target.name, "test", kind), [asdict(r) for r in ev.records])
+        ctx.run.append({"stage": "final", "step": 0, "task": target.name, "split": "test", "prompt_kinds": kinds,
+                        "proposer": "final", "prompt": text, "prompt_sha": ev.prompt_sha, "metrics": ev.metrics,
+                        **_cost([ev])})
+    for kind, text in prompts.items():
+        outcome.evaluations[kind] = recalled[text]
+        path = ctx.run.samples_path(target.name, "test", kind)
+        if not path.exists():
+            write_jsonl(path, [asdict(r) for r in recalled[text].records])
+    return outcome
+
+
+def _recall_final(ctx: RunContext, target: PreparedTask, text: str) -> Evaluation | None:
+    sha = prompt_sha(text)
+    rows = ctx.run.find(stage="final", task=target.name, prompt_sha=sha)
+    if not rows:
+        return None
+    row = rows[0]
+    path = ctx.run.samples_path(target.name, "test", row["prompt_kinds"][0])
+    records = tuple(SampleRecord(**r) for r in read_jsonl(path))
+    if not records:
+        return None
+    return Evaluation(task=target.name, split="test", instruction=text, prompt_sha=sha, mode=target.mode,
+                      records=records, metrics=row["metrics"], seconds=row.get("seconds", 0.0),
+                      tokens=row.get("tokens", 0))
+
+
+def run_transfer(ctx: RunContext) -> RunOutcome:
+    """Run the whole two-stage algorithm (or an ablation, by ``ctx.mode``) and the final evaluations.
+
+    :return: the source-stage history (best first; empty in ``no_transfer``) and one
+        :class:`TargetOutcome` per target with test-split evaluations of ``original``, ``best_source``
+        (not in ``no_transfer``) and ``best_target`` (not in ``source_only``).
+    """
+    source_history: list[ScoredPrompt] = []
+    if ctx.mode != "no_transfer":
+        source_history = run_source_stage(ctx)
+    top_sources = _distinct_top(source_history, ctx.budget.k_source)
+    outcomes = []
+    for target in ctx.targets:
+        prompts = {"original": target.spec.tp.instruction}
+        if top_sources:
+            prompts["best_source"] = top_sources[0].text
+        if ctx.mode != "source_only":
+            seeds = top_sources if ctx.mode == "two_stage" else []
+            history = run_target_stage(ctx, target, seeds)
+            prompts["best_target"] = select_on_validation(ctx, target, history).text
+        outcomes.append(final_evaluations(ctx, target, prompts))
+    return RunOutcome(source_prompts=top_sources, targets=outcomes)
+
+
+def _distinct_top(history: Sequence[ScoredPrompt], k: int) -> list[ScoredPrompt]:
+    seen, out = set(), []
+    for p in rank(history):
+        if p.sha not in seen:
+            seen.add(p.sha)
+            out.append(p)
+        if len(out) >= k:
+            break
+    return out
+
+
+def _run_two_stage(ctx: RunContext) -> RunOutcome:
+    return run_transfer(ctx)
+
+
+def _run_single_stage(ctx: RunContext) -> RunOutcome:
+    ctx.mode = "no_transfer"
+    return run_transfer(ctx)
+
+
+@hookimpl
+def tp_register_optimizers(registry: Registry[OptimizerDef]) -> None:
+    registry.add("transfer", OptimizerDef(
+        run=_run_two_stage,
+        description="Transfer-Prompting (arXiv 2502.14211): source prompt construction, then target prompt "
+                    "generation; --no-transfer and --source-only select the ablations"))
+    registry.add("single-stage", OptimizerDef(
+        run=_run_single_stage,
+        description="one OPRO-style stage on each target from its original instruction (no transfer)"))

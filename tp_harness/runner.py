@@ -1,0 +1,278 @@
+"""Run orchestration: from command-line settings to a finished run directory.
+
+Owns wiring a run together: loading specs, preparing tasks once per run, building the scorer and
+reference backends once per process, creating or resuming the run directory, calling the chosen
+optimizer, exporting lm-eval tasks, writing ``best_prompts.json`` and ``results.json``, and calling
+the registered reporters (report, leaderboard). Used by the CLI and the public API; prints nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import logging
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .backends import DEFAULT_MODEL, LMBackend, parse_model_args, resolve_backend
+from .errors import RunError, UsageError
+from .evaluator import EvalJob, Evaluation, PreparedTask, evaluate_jobs, prepare_task
+from .export import export_task_yaml, lm_eval_results
+from .hookspecs import Registries
+from .journal import RunDir, make_run_id
+from .optimizer.budget import Budget, Projection, get_budget
+from .optimizer.loop import Progress
+from .optimizer.transfer import MODES, RunContext, RunOutcome, project_calls
+from .specs import BUILTIN_SPEC_DIR, TaskSpec, discover_specs, load_spec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOURCES = ("mmlu_general", "logiqa")
+DEFAULT_TARGETS = ("financial_phrasebank",)
+
+
+@dataclass
+class OptimizeSettings:
+    """Settings of one ``tp-harness optimize`` run (every field is recorded in ``config.json``)."""
+
+    model: str = DEFAULT_MODEL
+    model_args: str = ""
+    reference_model: str | None = None
+    reference_model_args: str | None = None
+    sources: list[str] = field(default_factory=lambda: list(DEFAULT_SOURCES))
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    budget: str = "light"
+    seed: int = 0
+    mode: str = "two_stage"
+    optimizer: str = "transfer"
+    scoring_mode: str | None = None
+    results_dir: str = "results"
+    spec_dirs: list[str] = field(default_factory=list)
+    dtype: str = "float32"
+    batch_size: str = "16"
+    run_id: str | None = None
+    reference_share: float = 0.5
+
+
+def spec_index(spec_dirs: Sequence[str | Path] = ()) -> dict[str, Path]:
+    """All task specs by name: the shipped ``task_specs/`` then each extra directory."""
+    return discover_specs([BUILTIN_SPEC_DIR, *[Path(d) for d in spec_dirs]])
+
+
+def load_specs(names: Sequence[str], spec_dirs: Sequence[str | Path], registries: Registries) -> list[TaskSpec]:
+    """Load the named specs; :raises UsageError: for an unknown task name (with the known ones)."""
+    index = spec_index(spec_dirs)
+    out = []
+    for name in names:
+        if name not in index:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(index), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UsageError(f"unknown task {name!r}{hint}; known: {', '.join(sorted(index))}")
+        out.append(load_spec(index[name], metric_names=set(registries.metrics.names())))
+    return out
+
+
+def build_backend(model: str, model_args: str | dict, registries: Registries, *, dtype: str,
+                  batch_size: str) -> LMBackend:
+    """Resolve and load a backend (cached per process by the backend itself)."""
+    args = parse_model_args(model_args) if isinstance(model_args, str) else dict(model_args)
+    return resolve_backend(model, args, registries.backends, dtype=dtype, batch_size=batch_size)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in ("tp-harness", "lm_eval", "transformers", "torch", "datasets"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def prepare_run(
+    settings: OptimizeSettings, registries: Registries, *, resume: Path | None = None
+) -> tuple[RunContext, Projection]:
+    """Load specs and backends, prepare tasks and create (or reopen) the run directory.
+
+    :raises UsageError: inconsistent settings (unknown mode, fewer than 2 sources for transfer, ...).
+    :raises RunError: ``resume`` is not a run directory.
+    """
+    if resume is not None:
+        run = RunDir.open(resume)
+        saved = run.config().get("settings")
+        if not saved:
+            raise RunError(f"{resume}/config.json has no 'settings'; it was not written by tp-harness optimize")
+        settings = OptimizeSettings(**saved)
+    if settings.mode not in MODES:
+        raise UsageError(f"mode {settings.mode!r} is not one of {', '.join(MODES)}")
+    if settings.mode != "no_transfer" and len(settings.sources) < 1:
+        raise UsageError("--sources needs at least one source task (two or more for transfer); "
+                         "or use --no-transfer")
+    if not settings.targets and settings.mode != "source_only":
+        raise UsageError("--targets needs at least one target task")
+    budget: Budget = get_budget(settings.budget)
+    registries.optimizers.get(settings.optimizer)
+    source_specs = load_specs(settings.sources if settings.mode != "no_transfer" else [], settings.spec_dirs, registries)
+    target_specs = load_specs(settings.targets, settings.spec_dirs, registries)
+    caps = budget.caps()
+    sources = [prepare_task(s, sources=registries.tasks, mode=settings.scoring_mode, caps=caps) for s in source_specs]
+    targets = [prepare_task(s, sources=registries.tasks, mode=settings.scoring_mode, caps=caps) for s in target_specs]
+    scorer = build_backend(settings.model, settings.model_args, registries, dtype=settings.dtype,
+                           batch_size=settings.batch_size)
+    if settings.reference_model in (None, "", settings.model) and settings.reference_model_args in (None, "",
+                                                                                                    settings.model_args):
+        reference = scorer
+    else:
+        reference = build_backend(settings.reference_model or settings.model,
+                                  settings.reference_model_args or "", registries,
+                                  dtype=settings.dtype, batch_size=settings.batch_size)
+    if resume is None:
+        run_id = settings.run_id or make_run_id(settings.model, settings.targets, settings.mode)
+        config = {
+            "settings": asdict(settings),
+            "model": settings.model, "model_args": settings.model_args,
+            "reference_model": settings.reference_model or settings.model,
+            "reference_model_args": settings.reference_model_args or settings.model_args,
+            "scorer_identity": scorer.identity, "reference_identity": reference.identity,
+            "scorer_checkpoint": scorer.checkpoint,
+            "mode": settings.mode, "budget": settings.budget, "budget_values": asdict(budget),
+            "seed": settings.seed, "sources": [s.name for s in sources], "targets": [t.name for t in targets],
+            "specs": {s.name: str(s.spec.path) for s in [*sources, *targets]},
+            "scoring_modes": {s.name: s.mode for s in [*sources, *targets]},
+            "argv": sys.argv, "versions": _versions(),
+        }
+        run = RunDir.create(Path(settings.results_dir) / "runs", run_id, config)
+    ctx = RunContext(registries=registries, scorer=scorer, reference=reference, sources=sources, targets=targets,
+                     budget=budget, seed=settings.seed, mode=settings.mode, run=run,
+                     reference_share=settings.reference_share)
+    return ctx, project_calls(ctx)
+
+
+def finish_run(ctx: RunContext, outcome: RunOutcome, *, results_root: Path) -> dict[str, Any]:
+    """Write ``best_prompts.json``, ``lm_eval_tasks/``, ``results.json`` and run every reporter.
+
+    :return: the results document written to ``results.json``.
+    """
+    run = ctx.run
+    config = run.config()
+    run.write_json("best_prompts.json", {
+        "source": [{"prompt": p.text, "prompt_sha": p.sha, "composite": p.composite, "proposer": p.proposer}
+                   for p in outcome.source_prompts],
+        "target": {
+            t.task: {"prompt": t.prompts.get("best_target") or t.prompts.get("best_source"),
+                     "prompt_sha": (t.evaluations.get("best_target") or t.evaluations.get("best_source")).prompt_sha,
+                     "validation_composite": _validation_composite(run, t.task, t.prompts.get("best_target"))}
+            for t in outcome.targets
+        },
+    })
+    evaluations = []
+    by_name = {p.name: p for p in [*ctx.sources, *ctx.targets]}
+    export_dir = run.path / "lm_eval_tasks"
+    for t in outcome.targets:
+        prep = by_name[t.task]
+        for kind, ev in t.evaluations.items():
+            evaluations.append(_evaluation_dict(ev, kind, run))
+        best = t.prompts.get("best_target") or t.prompts.get("best_source") or t.prompts["original"]
+        export_task_yaml(export_dir, task=t.task, lm_eval_config=prep.spec.lm_eval_config(prep.mode),
+                         test_docs=prep.splits["test"], prompts={"original": t.prompts["original"], "best": best})
+    tp = {
+        "run_id": run.run_id, "model": config["model"], "reference_model": config["reference_model"],
+        "mode": ctx.mode, "budget": ctx.budget.name, "seed": ctx.seed,
+        "sources": [s.name for s in ctx.sources], "targets": [t.name for t in ctx.targets],
+        "evaluations": evaluations, "trajectory": _trajectory(run.journal()),
+        "scorer_checkpoint": config.get("scorer_checkpoint"),
+    }
+    results = lm_eval_results(evaluations=evaluations, model=config["model"], model_args=config["model_args"], tp=tp)
+    run.write_json("results.json", results)
+    for entry in ctx.registries.reporters.entries():
+        try:
+            entry.item.write(run.path, results, results_root=results_root)
+        except Exception:  # a reporter plugin must not lose the finished run
+            log.exception("reporter %r (plugin %s) failed; the run's results are saved", entry.name, entry.plugin)
+    return results
+
+
+def _validation_composite(run: RunDir, task: str, prompt: str | None) -> float | None:
+    if not prompt:
+        return None
+    from .evaluator import prompt_sha
+
+    rows = run.find(stage="select", task=task, prompt_sha=prompt_sha(prompt))
+    return rows[0]["metrics"].get("composite") if rows else None
+
+
+def _evaluation_dict(ev: Evaluation, kind: str, run: RunDir) -> dict[str, Any]:
+    return {"task": ev.task, "split": ev.split, "prompt_kind": kind, "prompt": ev.instruction,
+            "prompt_sha": ev.prompt_sha, "n": ev.n, "output_type": ev.mode, "metrics": ev.metrics,
+            "samples_file": str(run.samples_path(ev.task, ev.split, kind).relative_to(run.path))}
+
+
+def _trajectory(rows: Sequence[dict]) -> list[dict]:
+    best: dict[tuple[str, str], float] = {}
+    out: dict[tuple[str, str, int], dict] = {}
+    for r in rows:
+        if r.get("stage") not in ("source", "target"):
+            continue
+        key = (r["stage"], r["task"])
+        c = r["metrics"].get("composite")
+        if c is not None:
+            best[key] = max(best.get(key, float("-inf")), c)
+        if key in best:
+            out[(*key, r["step"])] = {"stage": r["stage"], "task": r["task"], "step": r["step"],
+                                      "best_composite": best[key]}
+    return list(out.values())
+
+
+def run_optimize(
+    settings: OptimizeSettings,
+    registries: Registries,
+    *,
+    resume: Path | None = None,
+    progress: Callable[[str, int], Progress] | None = None,
+    on_projection: Callable[[Projection, RunContext], None] | None = None,
+) -> tuple[RunDir, dict[str, Any]]:
+    """Run a whole optimization: prepare, project, optimize, export, report. Returns the run dir and results."""
+    ctx, projection = prepare_run(settings, registries, resume=resume)
+    ctx.progress = progress
+    if on_projection:
+        on_projection(projection, ctx)
+    optimizer = registries.optimizers.get(ctx.run.config()["settings"]["optimizer"])
+    outcome = optimizer.run(ctx)
+    results_root = Path(ctx.run.config()["settings"]["results_dir"])
+    results = finish_run(ctx, outcome, results_root=results_root)
+    return ctx.run, results
+
+
+def evaluate_prompt(
+    *,
+    task: str,
+    registries: Registries,
+    prompt: str | None = None,
+    model: str = DEFAULT_MODEL,
+    model_args: str = "",
+    split: str = "test",
+    scoring_mode: str | None = None,
+    limit: int | None = None,
+    spec_dirs: Sequence[str] = (),
+    dtype: str = "float32",
+    batch_size: str = "16",
+    seed_caps: dict[str, int] | None = None,
+) -> tuple[PreparedTask, Evaluation]:
+    """Evaluate one instruction (default: the task's original) on one split of one task.
+
+    :return: the prepared task and the :class:`Evaluation` (records and metrics).
+    """
+    spec = load_specs([task], spec_dirs, registries)[0]
+    caps = dict(seed_caps or {})
+    if limit:
+        caps[split] = limit
+    prep = prepare_task(spec, sources=registries.tasks, mode=scoring_mode, caps=caps)
+    backend = build_backend(model, model_args, registries, dtype=dtype, batch_size=batch_size)
+    instruction = spec.tp.instruction if prompt is None else prompt
+    (ev,) = evaluate_jobs(backend, [EvalJob(prep, split, instruction)], metrics=registries.metrics)
+    return prep, ev

@@ -1,0 +1,672 @@
+"""Task specs: load, validate and view the YAML files that define tasks.
+
+A spec is a strict superset of lm-eval's ``TaskConfig``: its top-level keys are lm-eval fields, kept
+unrenamed, plus one ``tp:`` block with what tp-harness adds (domain, role, meta-prompt description,
+original instruction, data files and splits, scoring modes, metric weights, gates, license). This
+module owns parsing and validation, with errors that name the file, line and dotted field, and the
+lm-eval config view per scoring mode. It reads no data rows (``tp_harness.data`` does) and builds no
+lm-eval task.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import functools
+import re
+import typing
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from .errors import SpecError
+
+__all__ = [
+    "BUILTIN_SPEC_DIR",
+    "DEFAULT_METRIC_NAMES",
+    "MODES",
+    "AnswerFormat",
+    "DataBlock",
+    "LicenseBlock",
+    "ModeOverride",
+    "SplitsBlock",
+    "TaskSpec",
+    "TpBlock",
+    "discover_specs",
+    "lm_eval_field_names",
+    "load_spec",
+]
+
+#: Metric names a spec may weight when no metric registry is passed in.
+DEFAULT_METRIC_NAMES: frozenset[str] = frozenset({"acc", "ifr", "ece", "auroc", "pr_p", "pr_n"})
+#: The task specs shipped in the repository (the package is used as an editable install).
+BUILTIN_SPEC_DIR: Path = Path(__file__).resolve().parent.parent / "task_specs"
+#: The scoring modes tp-harness evaluates (lm-eval ``output_type`` values).
+MODES: tuple[str, ...] = ("multiple_choice", "generate_until")
+
+OutputType = Literal["multiple_choice", "generate_until"]
+_RESERVED_TOP = {"description": "set tp.instruction instead; it becomes lm-eval's description"}
+_RESERVED_MODE = {
+    "task": "a mode cannot rename the task",
+    "output_type": "the mode name is the output_type",
+    "description": "set tp.instruction instead; it becomes lm-eval's description",
+}
+_GATE = re.compile(r"\S.*(>=|<=|==|!=|>|<).*\S")
+
+
+@functools.cache
+def lm_eval_field_names() -> frozenset[str]:
+    """The field names of lm-eval's ``TaskConfig`` (lm-eval is imported here, lazily, once)."""
+    from lm_eval.config.task import TaskConfig
+
+    return frozenset(f.name for f in dataclasses.fields(TaskConfig))
+
+
+class _LocatedError(ValueError):
+    """A validator error whose location extends the pydantic location by ``suffix`` (a key or index)."""
+
+    def __init__(self, message: str, *suffix: str | int) -> None:
+        super().__init__(message)
+        self.suffix = suffix
+
+
+def _did_you_mean(name: str, known: Collection[str]) -> str:
+    close = difflib.get_close_matches(str(name), sorted(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _check_keys(data: Any, allowed: Collection[str], reserved: Mapping[str, str], what: str) -> None:
+    """Refuse keys that are neither lm-eval fields nor ours; the error names the key and a close match."""
+    if not isinstance(data, dict):
+        return
+    for key in data:
+        if key in reserved:
+            raise _LocatedError(f"not allowed here: {reserved[key]}", str(key))
+        if key not in allowed:
+            raise _LocatedError(f"unknown key{_did_you_mean(key, allowed)}; expected {what}", str(key))
+
+
+class _Strict(BaseModel):
+    """Base of the ``tp:`` models: unknown keys refused, no type coercion (YAML gives real types), frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class AnswerFormat(_Strict):
+    """How a ``generate_until`` response is parsed into (answer, confidence)."""
+
+    parser: Literal["letter_confidence", "label_confidence", "number_confidence"] = Field(
+        description="the response parser: 'Answer: <letter|label|number>' plus 'Confidence: <0-100>%'"
+    )
+    labels: list[str] | None = Field(
+        default=None, validate_default=True, description="the allowed answers, e.g. [A, B, C, D]"
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_usable(cls, labels: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if labels is None:
+            if info.data.get("parser") == "label_confidence":
+                raise ValueError("required for parser label_confidence: the allowed answers, e.g. [Yes, No]")
+            return None
+        if not labels or not all(label.strip() for label in labels):
+            raise ValueError("expected a non-empty list of non-empty labels")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"expected distinct labels, got {labels}")
+        return labels
+
+
+class DataBlock(_Strict):
+    """``tp.data``: which files hold the task's rows and which registered format reads them."""
+
+    format: str = Field(
+        min_length=1, description="a registered task source: jsonl, csv, tsv, logiqa, phrasebank, ..."
+    )
+    files: list[str] = Field(min_length=1, description="data files, relative to the spec file")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword options of the format's loader"
+    )
+
+
+class SplitsBlock(_Strict):
+    """``tp.splits``: sizes of the disjoint optimize / validation / test splits and the shuffle seed."""
+
+    seed: int = Field(default=1234, description="seed of the random permutation the splits are cut from")
+    optimize: int = Field(ge=1, description="docs the optimizer scores candidates on")
+    validation: int = Field(ge=1, description="docs the final prompt is selected on")
+    test: int = Field(ge=1, description="held-out docs the final prompt is reported on")
+
+
+class LicenseBlock(_Strict):
+    """``tp.license``: the data's license, shown in reports; ``flags`` such as ``non-commercial``."""
+
+    name: str = Field(min_length=1, description="license name, e.g. 'CC BY 4.0'")
+    url: str | None = None
+    flags: list[str] = Field(default_factory=list)
+
+
+class _LmEvalFields(BaseModel):
+    """The lm-eval fields whose types tp-harness checks; any other TaskConfig field passes through."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+
+    doc_to_text: str | None = None
+    doc_to_target: str | int | None = None
+    doc_to_choice: str | list[str] | dict[str, Any] | None = None
+    target_delimiter: str | None = None
+    gen_prefix: str | None = None
+    generation_kwargs: dict[str, Any] | None = None
+    metric_list: list[dict[str, Any]] | None = None
+
+
+class ModeOverride(_LmEvalFields):
+    """``tp.modes.<mode>``: lm-eval fields that replace the top-level ones when scoring in that mode.
+
+    Any lm-eval ``TaskConfig`` field is allowed (except ``task``, ``output_type`` and ``description``),
+    plus ``answer_format``, which ``generate_until`` requires.
+    """
+
+    answer_format: AnswerFormat | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_lm_eval_fields(cls, data: Any) -> Any:
+        _check_keys(
+            data,
+            lm_eval_field_names() | {"answer_format"},
+            _RESERVED_MODE,
+            "an lm-eval TaskConfig field or answer_format",
+        )
+        return data
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """The lm-eval fields this mode sets, without ``answer_format``."""
+        return self.model_dump(exclude_unset=True, exclude={"answer_format"})
+
+
+class TpBlock(_Strict):
+    """The ``tp:`` block of a task spec: what tp-harness adds to lm-eval's TaskConfig."""
+
+    domain: str = Field(pattern=r"^[a-z][a-z0-9_-]*$", description="general, medical, legal, financial, ...")
+    role: Literal["source", "target", "both"] = "both"
+    description: str = Field(min_length=1, description="the task description used in the meta-prompt")
+    instruction: str = Field(min_length=1, description="the original prompt, scored as the baseline")
+    answer_format: AnswerFormat | None = Field(
+        default=None, description="the parser, when the top-level output_type is generate_until"
+    )
+    data: DataBlock = Field(description="the data files and their format, e.g. {format: jsonl, files: [...]}")
+    splits: SplitsBlock = Field(
+        description="split sizes, e.g. {seed: 1234, optimize: 64, validation: 64, test: 128}"
+    )
+    modes: dict[OutputType, ModeOverride] = Field(default_factory=dict)
+    metric_weights: dict[str, float] = Field(default_factory=dict, description="empty means the defaults")
+    gates: list[str] = Field(default_factory=list, description="pytest gates, e.g. 'acc >= 0.3'")
+    license: LicenseBlock | None = None
+
+    @field_validator("modes")
+    @classmethod
+    def _generate_until_has_parser(cls, modes: dict[str, ModeOverride]) -> dict[str, ModeOverride]:
+        for mode, override in modes.items():
+            if mode == "generate_until" and override.answer_format is None:
+                raise _LocatedError(
+                    "missing required field: the response parser, e.g. {parser: letter_confidence}",
+                    mode,
+                    "answer_format",
+                )
+            if mode != "generate_until" and override.answer_format is not None:
+                raise _LocatedError("applies to generate_until only", mode, "answer_format")
+        return modes
+
+    @field_validator("metric_weights")
+    @classmethod
+    def _weights_usable(cls, weights: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        known = frozenset((info.context or {}).get("metric_names", DEFAULT_METRIC_NAMES))
+        for name, value in weights.items():
+            if name not in known:
+                raise _LocatedError(
+                    f"unknown metric{_did_you_mean(name, known)}; registered: {', '.join(sorted(known))}",
+                    name,
+                )
+            if value < 0:
+                raise _LocatedError(f"expected a weight >= 0, got {value}", name)
+        if weights and not any(weights.values()):
+            raise ValueError("weights must not all be 0, e.g. {acc: 0.5, ece: 0.5}")
+        return weights
+
+    @field_validator("gates")
+    @classmethod
+    def _gates_look_like_comparisons(cls, gates: list[str]) -> list[str]:
+        for i, gate in enumerate(gates):
+            if not _GATE.fullmatch(gate.strip()):
+                raise _LocatedError(f"expected a comparison such as 'acc >= 0.3', got {gate!r}", i)
+        return gates
+
+
+class _SpecDocument(_LmEvalFields):
+    """A whole spec file: lm-eval fields plus ``tp``. Internal; users get a :class:`TaskSpec`."""
+
+    task: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="the task name")
+    output_type: OutputType = "generate_until"
+    tp: TpBlock
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_lm_eval_fields(cls, data: Any) -> Any:
+        _check_keys(data, lm_eval_field_names() | {"tp"}, _RESERVED_TOP, "an lm-eval TaskConfig field or tp")
+        return data
+
+    @model_validator(mode="after")
+    def _modes_complete(self) -> _SpecDocument:
+        if self.output_type in self.tp.modes:
+            raise _LocatedError(
+                f"duplicates output_type {self.output_type}; put its fields at the top level",
+                "tp",
+                "modes",
+                self.output_type,
+            )
+        if self.output_type == "generate_until" and self.tp.answer_format is None:
+            raise _LocatedError(
+                "missing required field: the response parser of output_type generate_until",
+                "tp",
+                "answer_format",
+            )
+        if self.output_type != "generate_until" and self.tp.answer_format is not None:
+            raise _LocatedError(
+                "applies to output_type generate_until only; put it under tp.modes.generate_until",
+                "tp",
+                "answer_format",
+            )
+        base = self.model_dump(exclude_unset=True, exclude={"tp"})
+        for mode, override in [(self.output_type, None), *self.tp.modes.items()]:
+            fields = {**base, **(override.overrides if override else {})}
+            needed = ["doc_to_text", "doc_to_target"] + (
+                ["doc_to_choice"] if mode == "multiple_choice" else []
+            )
+            for name in needed:
+                if fields.get(name) is None:
+                    where = ("tp", "modes", mode, name) if override else (name,)
+                    raise _LocatedError(f"missing required field for output_type {mode}", *where)
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
+# The spec object
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """A validated task spec.
+
+    ``lm_eval`` holds the top-level lm-eval fields as written (without ``tp``, with ``output_type``);
+    treat it as read-only and use :meth:`lm_eval_config` for a config to hand to lm-eval. ``lines`` maps
+    dotted fields (``tp.splits.test``) to their line in the file, for error messages.
+    """
+
+    path: Path
+    name: str
+    lm_eval: dict[str, Any]
+    tp: TpBlock
+    lines: Mapping[str, int] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def output_type(self) -> str:
+        """The default scoring mode (the spec's top-level ``output_type``)."""
+        return str(self.lm_eval["output_type"])
+
+    @property
+    def modes(self) -> list[str]:
+        """The scoring modes this spec offers: ``output_type`` first, then ``tp.modes`` keys."""
+        return [self.output_type, *(m for m in self.tp.modes if m != self.output_type)]
+
+    @property
+    def data_dir(self) -> Path:
+        """The spec file's directory; ``tp.data.files`` are relative to it."""
+        return self.path.parent
+
+    def line_of(self, field: str) -> int | None:
+        """The line of dotted ``field`` in the spec file, or of its nearest enclosing key; None if unknown."""
+        return _line_for(self.lines, field)
+
+    def lm_eval_config(self, mode: str | None = None, *, instruction: str | None = None) -> dict[str, Any]:
+        """The lm-eval ``TaskConfig`` fields for scoring in ``mode``.
+
+        :param mode: ``multiple_choice`` or ``generate_until``; default: the spec's ``output_type``.
+        :param instruction: the instruction to score; default: ``tp.instruction`` (the original).
+            It becomes lm-eval's ``description``: the text plus ``"\\n\\n"`` (lm-eval prepends it
+            verbatim), wrapped in ``{% raw %}`` when it holds Jinja markers; an empty string sets none.
+        :return: a fresh dict: the top-level fields, that mode's ``tp.modes`` overrides applied,
+            ``output_type`` set to ``mode``, no ``answer_format``.
+        :raises SpecError: the spec does not offer ``mode``.
+        """
+        mode = mode or self.output_type
+        if mode not in self.modes:
+            raise SpecError(
+                self.path,
+                "tp.modes",
+                f"mode {mode!r} is not available; this spec offers {', '.join(self.modes)} "
+                f"(add tp.modes.{mode} with its lm-eval overrides)",
+                line=self.line_of("tp.modes") or self.line_of("tp"),
+            )
+        config = copy.deepcopy(self.lm_eval)
+        if mode != self.output_type:
+            config.update(copy.deepcopy(self.tp.modes[mode].overrides))  # type: ignore[index]
+        config["output_type"] = mode
+        text = self.tp.instruction if instruction is None else instruction
+        if text:
+            if any(marker in text for marker in ("{{", "{%", "{#")):
+                text = "{% raw %}" + text + "{% endraw %}"
+            config["description"] = text + "\n\n"
+        return config
+
+    def answer_format(self, mode: str | None = None) -> AnswerFormat | None:
+        """The response parser for ``mode`` (default: ``output_type``); None for ``multiple_choice``.
+
+        :raises SpecError: the spec does not offer ``mode``.
+        """
+        mode = mode or self.output_type
+        if mode == self.output_type:
+            return self.tp.answer_format
+        if mode not in self.tp.modes:
+            self.lm_eval_config(mode)  # raises the SpecError naming the modes offered
+        return self.tp.modes[mode].answer_format  # type: ignore[index]
+
+
+# ----------------------------------------------------------------------------------------------
+# YAML with line numbers
+
+
+_LAST_PART = re.compile(r"(\.[^.\[\]]+|\[\d+\]|^[^.\[\]]+)$")
+
+
+def _line_for(lines: Mapping[str, int], field: str) -> int | None:
+    """The line of dotted ``field``, or of its nearest enclosing key that has one; None if none has."""
+    while field:
+        if field in lines:
+            return lines[field]
+        field = _LAST_PART.sub("", field)
+    return None
+
+
+def _dotted(parent: str, part: str | int) -> str:
+    if isinstance(part, int):
+        return f"{parent}[{part}]"
+    return f"{parent}.{part}" if parent else str(part)
+
+
+def _line_map(
+    path: Path, node: yaml.Node, prefix: str = "", lines: dict[str, int] | None = None
+) -> dict[str, int]:
+    """Map each dotted key path to its 1-based line; refuse duplicate keys, which YAML would silently drop."""
+    lines = {} if lines is None else lines
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            dotted = _dotted(prefix, key)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise SpecError(path, dotted, f"duplicate key (first at line {seen[key]})", line=line)
+            seen[key] = line
+            lines[dotted] = line
+            _line_map(path, value_node, dotted, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            dotted = _dotted(prefix, i)
+            lines[dotted] = item.start_mark.line + 1
+            _line_map(path, item, dotted, lines)
+    return lines
+
+
+def _parse_yaml(path: Path) -> tuple[Any, dict[str, int]]:
+    """Parse ``path`` once, returning the data and its dotted-path -> line map."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(path, "(file)", "spec file not found") from None
+    except UnicodeDecodeError as err:
+        raise SpecError(
+            path, "(file)", f"expected UTF-8 text, got undecodable bytes ({err.reason})"
+        ) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        problem = " ".join(p for p in (err.context, err.problem) if p)
+        raise SpecError(
+            path,
+            "(yaml)",
+            f"invalid YAML: {problem}; check indentation and quoting",
+            line=mark.line + 1 if mark else None,
+        ) from None
+    except yaml.YAMLError as err:
+        raise SpecError(path, "(yaml)", f"invalid YAML: {err}") from None
+    finally:
+        loader.dispose()
+    return data, (_line_map(path, node) if node is not None else {})
+
+
+# ----------------------------------------------------------------------------------------------
+# Pydantic errors -> SpecError
+
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "string_too_short": "a non-empty string",
+    "int_parsing": "an integer",
+    "float_parsing": "a number",
+}
+_YAML_TYPE = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list", dict: "mapping"}
+
+
+def _got(value: Any) -> str:
+    if value is None:
+        return "null"
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return f"{_YAML_TYPE.get(type(value), type(value).__name__)} {text}"
+
+
+def _clean_loc(data: Any, loc: Sequence[str | int], err_type: str) -> list[str | int]:
+    """Keep the loc parts that are real keys or indexes of ``data``; drop pydantic's union tags."""
+    out: list[str | int] = []
+    current = data
+    for i, part in enumerate(loc):
+        if part == "[key]":
+            continue
+        if isinstance(current, dict) and part in current:
+            current = current[part]
+        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+            current = current[part]
+        elif i == len(loc) - 1 and err_type == "missing":
+            pass
+        else:
+            continue
+        out.append(part)
+    return out
+
+
+def _model_for(loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The pydantic model reached by following ``loc`` from the spec document, or None."""
+    node: Any = _SpecDocument
+    for part in loc:
+        if node is dict:  # tp.modes: dict[mode, ModeOverride]
+            node = ModeOverride
+            continue
+        if not (isinstance(node, type) and issubclass(node, BaseModel)) or not isinstance(part, str):
+            return None
+        info = node.model_fields.get(part)
+        if info is None:
+            return None
+        node = _submodel(info.annotation)
+    return node if isinstance(node, type) and issubclass(node, BaseModel) else None
+
+
+def _submodel(annotation: Any) -> Any:
+    """The model class inside ``annotation`` (``X | None``, ``dict[str, X]``), ``dict`` for mode maps."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is dict and len(args) == 2 and args[1] is ModeOverride:
+        return dict
+    for arg in args:
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _problem(err: Mapping[str, Any], loc: Sequence[str | int], same_loc: Sequence[Mapping[str, Any]]) -> str:
+    """Say what was expected for one pydantic error (types of a union merged), with a did-you-mean hint."""
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind == "missing":
+        model = _model_for(loc[:-1])
+        info = model.model_fields.get(str(loc[-1])) if model is not None and loc else None
+        about = f": {info.description}" if info is not None and info.description else ""
+        return f"missing required field{about}"
+    if kind == "extra_forbidden":
+        model = _model_for(loc[:-1])
+        known = list(model.model_fields) if model is not None else []
+        return f"unknown key{_did_you_mean(str(loc[-1]), known)}; expected one of: {', '.join(known)}"
+    if kind == "literal_error":
+        options = re.findall(r"'([^']*)'", ctx.get("expected", ""))
+        hint = _did_you_mean(str(value), options) if isinstance(value, str) else ""
+        return f"expected {ctx.get('expected')}, got {_got(value)}{hint}"
+    if kind == "string_pattern_mismatch":
+        return f"expected a lower-case name without spaces (pattern {ctx.get('pattern')}), got {_got(value)}"
+    if kind == "too_short":
+        return f"expected at least {ctx.get('min_length')} item(s), got {_got(value)}"
+    if kind in ("greater_than_equal", "greater_than"):
+        op = ">=" if kind == "greater_than_equal" else ">"
+        return f"expected a number {op} {ctx.get('ge', ctx.get('gt'))}, got {_got(value)}"
+    if kind in _EXPECTED:
+        expected = []
+        for other in same_loc:
+            text = _EXPECTED.get(other["type"])
+            if text and text not in expected:
+                expected.append(text)
+        hint = " (YAML reads unquoted yes/no/on/off as booleans: quote it)" if isinstance(value, bool) else ""
+        return f"expected {' or '.join(expected)}, got {_got(value)}{hint}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    return f"{err['msg']}, got {_got(value)}"
+
+
+def _to_spec_error(path: Path, data: Any, lines: Mapping[str, int], exc: ValidationError) -> SpecError:
+    """Turn the first pydantic error into a SpecError with line, dotted field and hint.
+
+    "First" is in file order, except that missing fields come after every other error.
+    """
+    located = []
+    for index, err in enumerate(exc.errors()):
+        loc = _clean_loc(data, err["loc"], err["type"])
+        error = (err.get("ctx") or {}).get("error")
+        if isinstance(error, _LocatedError):
+            loc = [*loc, *error.suffix]
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+        line = _line_for(lines, field)
+        located.append((line if line is not None else 0, index, field, loc, err))
+    # file order, but a missing field last: it is often the echo of a misspelt key reported beside it
+    _line, _index, field, loc, err = min(
+        located, key=lambda item: (item[4]["type"] == "missing", item[0], item[1])
+    )
+    same = [e for (_l, _i, f, _loc, e) in located if f == field]
+    return SpecError(path, field or "(top level)", _problem(err, loc, same), line=_line or None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def load_spec(path: str | Path, *, metric_names: Collection[str] = DEFAULT_METRIC_NAMES) -> TaskSpec:
+    """Load and validate one task spec.
+
+    :param path: the spec's YAML file.
+    :param metric_names: metric names ``tp.metric_weights`` may use (from the metric registry).
+    :return: the validated :class:`TaskSpec`.
+    :raises SpecError: the YAML is invalid, a field is missing, unknown or of the wrong type, or a data
+        file does not exist; the message names the file, the line, the dotted field and what was expected.
+    """
+    path = Path(path)
+    data, lines = _parse_yaml(path)
+    if not isinstance(data, dict):
+        raise SpecError(
+            path,
+            "(top level)",
+            f"expected a mapping of lm-eval fields plus a tp: block, got {_got(data)}",
+            line=1,
+        )
+    try:
+        doc = _SpecDocument.model_validate(data, context={"metric_names": frozenset(metric_names)})
+    except ValidationError as exc:
+        raise _to_spec_error(path, data, lines, exc) from None
+    lm_eval = {key: copy.deepcopy(value) for key, value in data.items() if key != "tp"}
+    lm_eval.setdefault("output_type", doc.output_type)
+    spec = TaskSpec(path=path, name=doc.task, lm_eval=lm_eval, tp=doc.tp, lines=dict(lines))
+    for i, name in enumerate(doc.tp.data.files):
+        file = spec.data_dir / name
+        if not file.is_file():
+            field = f"tp.data.files[{i}]"
+            raise SpecError(path, field, f"file not found: {file}", line=spec.line_of(field))
+    return spec
+
+
+_TASK_LINE = re.compile(r"""^task:[ \t]*(['"]?)([^'"#\s]+)\1[ \t]*(?:#.*)?$""", re.MULTILINE)
+
+
+def _task_name(path: Path) -> tuple[str, int | None]:
+    """Read a spec's ``task`` cheaply (one regex; full YAML only when the regex finds nothing)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    match = _TASK_LINE.search(text)
+    if match:
+        return match.group(2), text.count("\n", 0, match.start()) + 1
+    data, lines = _parse_yaml(path)
+    if isinstance(data, dict) and isinstance(data.get("task"), str) and data["task"]:
+        return data["task"], lines.get("task")
+    raise SpecError(path, "task", "missing required field: the task name", line=1)
+
+
+def discover_specs(dirs: Sequence[Path]) -> dict[str, Path]:
+    """Find the task specs directly in each directory (``*.yaml``, ``*.yml``; ``data/`` is not searched).
+
+    :param dirs: spec directories, e.g. ``[BUILTIN_SPEC_DIR]``; an earlier one is searched first.
+    :return: ``{task name: spec path}``; specs are not validated (use :func:`load_spec`).
+    :raises SpecError: a directory does not exist, a spec has no ``task``, or two files define the
+        same task (names both files).
+    """
+    found: dict[str, Path] = {}
+    for directory in map(Path, dirs):
+        if not directory.is_dir():
+            raise SpecError(directory, "(directory)", "task spec directory not found")
+        files = sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        for file in files:
+            name, line = _task_name(file)
+            if name in found and found[name].resolve() != file.resolve():
+                raise SpecError(
+                    file,
+                    "task",
+                    f"task {name!r} is also defined in {found[name]}; rename one of them",
+                    line=line,
+                )
+            found.setdefault(name, file)
+    return found
