@@ -169,6 +169,14 @@ class RunDir:
     def samples_path(self, task: str, split: str, kind: str) -> Path:
         return self.path / "samples" / f"{task}.{split}.{kind}.jsonl"
 
+    def write_samples(self, task: str, split: str, kind: str, rows: Iterable[dict]) -> None:
+        """Write the per-sample records of one final evaluation to ``samples/<task>.<split>.<kind>.jsonl``."""
+        write_jsonl(self.samples_path(task, split, kind), rows)
+
+    def read_samples(self, task: str, split: str, kind: str) -> list[dict]:
+        """The records written by :meth:`write_samples` (empty if there are none)."""
+        return read_jsonl(self.samples_path(task, split, kind))
+
     def write_json(self, name: str, obj: Any) -> Path:
         """Write ``name`` (relative to the run dir) atomically as JSON."""
         path = self.path / name

@@ -15,12 +15,11 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..backends.base import LMBackend
 from ..evaluator import EvalJob, Evaluation, PreparedTask, count_scorer_requests, evaluate_jobs, prompt_sha
 from ..hookspecs import OptimizerDef, Registries, Registry, hookimpl
-from ..journal import RunDir, read_jsonl, write_jsonl
 from ..metrics import SampleRecord
 from .budget import Budget, Projection
 from .candidates import Candidate
@@ -31,6 +30,21 @@ log = logging.getLogger(__name__)
 
 MODES = ("two_stage", "no_transfer", "source_only")
 PROMPT_KINDS = ("original", "best_source", "best_target")
+
+
+class RunStore(Protocol):
+    """Where a run keeps its journal and samples (``tp_harness.journal.RunDir`` implements it).
+
+    The optimizer writes through this interface only; it does not know the directory layout.
+    """
+
+    def append(self, row: dict) -> None: ...
+
+    def find(self, **match: Any) -> list[dict]: ...
+
+    def write_samples(self, task: str, split: str, kind: str, rows: Sequence[dict]) -> None: ...
+
+    def read_samples(self, task: str, split: str, kind: str) -> list[dict]: ...
 
 
 @dataclass
@@ -48,7 +62,7 @@ class RunContext:
     budget: Budget
     seed: int
     mode: str
-    run: RunDir
+    run: RunStore
     progress: Callable[[str, int], Progress] | None = None
     reference_share: float = 0.5
 
@@ -244,15 +258,14 @@ def final_evaluations(ctx: RunContext, target: PreparedTask, prompts: dict[str, 
         recalled[text] = ev
         kinds = [k for k, v in prompts.items() if v == text]
         for kind in kinds:
-            write_jsonl(ctx.run.samples_path(target.name, "test", kind), [asdict(r) for r in ev.records])
+            ctx.run.write_samples(target.name, "test", kind, [asdict(r) for r in ev.records])
         ctx.run.append({"stage": "final", "step": 0, "task": target.name, "split": "test", "prompt_kinds": kinds,
                         "proposer": "final", "prompt": text, "prompt_sha": ev.prompt_sha, "metrics": ev.metrics,
                         **_cost([ev])})
     for kind, text in prompts.items():
         outcome.evaluations[kind] = recalled[text]
-        path = ctx.run.samples_path(target.name, "test", kind)
-        if not path.exists():
-            write_jsonl(path, [asdict(r) for r in recalled[text].records])
+        if not ctx.run.read_samples(target.name, "test", kind):
+            ctx.run.write_samples(target.name, "test", kind, [asdict(r) for r in recalled[text].records])
     return outcome
 
 
@@ -262,8 +275,7 @@ def _recall_final(ctx: RunContext, target: PreparedTask, text: str) -> Evaluatio
     if not rows:
         return None
     row = rows[0]
-    path = ctx.run.samples_path(target.name, "test", row["prompt_kinds"][0])
-    records = tuple(SampleRecord(**r) for r in read_jsonl(path))
+    records = tuple(SampleRecord(**r) for r in ctx.run.read_samples(target.name, "test", row["prompt_kinds"][0]))
     if not records:
         return None
     return Evaluation(task=target.name, split="test", instruction=text, prompt_sha=sha, mode=target.mode,

@@ -1,0 +1,35 @@
+"""Fixtures shared by the test suite."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def registries():
+    """The built-in plugin registries (no external plugins)."""
+    from tp_harness.plugins import build_registries
+
+    return build_registries()
+
+
+@pytest.fixture(scope="session")
+def embedded_backend(registries):
+    """The real embedded default model, loaded once per test session."""
+    from tp_harness.runner import build_backend
+
+    return build_backend("embedded:smollm2-135m", "", registries, dtype="float32", batch_size="16")
+
+
+@pytest.fixture(autouse=True)
+def _quiet_env(monkeypatch):
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("TP_HARNESS_PLUGINS", raising=False)
+    if "TP_CACHE_DIR" in os.environ:
+        monkeypatch.setenv("TP_CACHE_DIR", os.environ["TP_CACHE_DIR"])
