@@ -105,15 +105,16 @@ def prepare_task(
 def render_context(prepared: PreparedTask, backend: LMBackend, instruction: str, split: str, doc_id: int) -> str:
     """The exact prompt string lm-eval builds for ``doc`` with ``instruction`` as the task description.
 
-    With a chat template (instruct models) the instruction is the system message; without one it is
-    prepended as plain text, as lm-eval does with ``description``.
+    The instruction plus ``"\n\n"`` is placed exactly where an exported task's ``description``
+    (``TaskSpec.lm_eval_config(instruction=...)``) puts it: the system message with a chat template
+    (instruct models), prepended plain text without one (base models).
     """
     key = (instruction, split, doc_id)
     if key not in prepared._contexts:
         doc = prepared.splits[split][doc_id]
         use_chat = backend.has_chat_template
         prepared._contexts[key] = prepared.task.fewshot_context(
-            doc, 0, system_instruction=instruction or None, apply_chat_template=use_chat,
+            doc, 0, system_instruction=instruction + "\n\n" if instruction else None, apply_chat_template=use_chat,
             chat_template=backend.apply_chat_template if use_chat else None,
         )
     return prepared._contexts[key]
@@ -290,7 +291,9 @@ def parse_verbalized(response: str, fmt: AnswerFormat, allowed: Sequence[str]) -
         elif fmt.parser == "label_confidence":
             lowered = {a.lower(): a for a in allowed}
             word = re.sub(r"[^\w\s-]", "", raw).strip().lower()
-            answer = lowered.get(word) or next((lowered[k] for k in lowered if word.startswith(k)), None)
+            answer = lowered.get(word) or next(
+                (lowered[k] for k in sorted(lowered, key=len, reverse=True) if re.match(rf"{re.escape(k)}\b", word)),
+                None)
         elif fmt.parser == "number_confidence":
             nm = re.search(r"-?\d[\d,]*(?:\.\d+)?", raw)
             if nm:

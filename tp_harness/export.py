@@ -42,16 +42,15 @@ def export_task_yaml(
     out_dir: Path,
     *,
     task: str,
-    lm_eval_config: Mapping[str, Any],
+    configs: Mapping[str, Mapping[str, Any]],
     test_docs: Sequence[dict],
-    prompts: Mapping[str, str],
 ) -> list[Path]:
     """Write one lm-eval task YAML per prompt kind (``original`` -> ``<task>__tp_original``, ``best`` ->
     ``<task>__tp_best``), the scored docs and their loader module.
 
-    :param lm_eval_config: the spec's lm-eval fields for the scoring mode used (``TaskSpec.lm_eval_config``).
+    :param configs: ``{kind: lm-eval fields}``, each from ``TaskSpec.lm_eval_config(mode, instruction=prompt)``
+        so its ``description`` carries that prompt exactly as the harness scored it.
     :param test_docs: the test-split docs the harness evaluated, in order.
-    :param prompts: ``{"original": text, "best": text}``; each becomes the YAML's ``description``.
     :return: the written paths.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -61,11 +60,11 @@ def export_task_yaml(
     module = out_dir / f"{task}_data.py"
     atomic_write_text(module, _DATA_MODULE.format(task=task))
     written += [data, module]
-    base = {k: v for k, v in lm_eval_config.items() if k not in _DROP}
-    base.setdefault("metric_list", [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}])
-    for kind, text in prompts.items():
+    for kind, config in configs.items():
         name = f"{task}__tp_{kind}"
-        doc = {"task": name, "test_split": "test", "description": text, **base,
+        base = {k: v for k, v in config.items() if k not in _DROP}
+        base.setdefault("metric_list", [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}])
+        doc = {"task": name, "test_split": "test", "description": config.get("description", ""), **base,
                "metadata": {"version": 1.0, "tp_prompt_kind": kind}}
         body = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=1000)
         header = (f"# exported by tp-harness: task {task!r}, prompt {kind!r}\n"

@@ -79,7 +79,7 @@ def _clean_floats(obj: Any) -> Any:
 
 def make_run_id(model: str, targets: list[str], mode: str, *, now: float | None = None) -> str:
     """``YYYYmmdd-HHMMSS-<model>-<targets>-<mode>``, filesystem-safe."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now or time.time()))
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(time.time() if now is None else now))
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model}-{'+'.join(targets) or 'none'}-{mode}").strip("-")
     return f"{stamp}-{slug}"[:120]
 
@@ -141,15 +141,22 @@ class RunDir:
         return self._journal_rows
 
     def _repair_torn_tail(self) -> None:
-        """Drop a partial last line left by a crash, so the next append starts on a fresh line."""
+        """Make the file end on a line boundary after a crash: a complete last row that lacks its newline
+        gets one; a partial last line (not valid JSON) is cut, as :func:`read_jsonl` ignored it."""
         path = self.path / JOURNAL
         data = path.read_bytes() if path.exists() else b""
-        if data and not data.endswith(b"\n"):
-            keep = data[: data.rfind(b"\n") + 1]
-            with path.open("wb") as f:
-                f.write(keep)
-                f.flush()
-                os.fsync(f.fileno())
+        if not data or data.endswith(b"\n"):
+            return
+        cut = data.rfind(b"\n") + 1
+        try:
+            json.loads(data[cut:])
+            fixed = data + b"\n"
+        except ValueError:
+            fixed = data[:cut]
+        with path.open("wb") as f:
+            f.write(fixed)
+            f.flush()
+            os.fsync(f.fileno())
 
     def append(self, row: dict) -> None:
         """Append one row to ``journal.jsonl``, flushed and fsynced before returning."""

@@ -178,8 +178,9 @@ def finish_run(ctx: RunContext, outcome: RunOutcome, *, results_root: Path) -> d
         for kind, ev in t.evaluations.items():
             evaluations.append(_evaluation_dict(ev, kind, run))
         best = t.prompts.get("best_target") or t.prompts.get("best_source") or t.prompts["original"]
-        export_task_yaml(export_dir, task=t.task, lm_eval_config=prep.spec.lm_eval_config(prep.mode),
-                         test_docs=prep.splits["test"], prompts={"original": t.prompts["original"], "best": best})
+        configs = {kind: prep.spec.lm_eval_config(prep.mode, instruction=text)
+                   for kind, text in (("original", t.prompts["original"]), ("best", best))}
+        export_task_yaml(export_dir, task=t.task, configs=configs, test_docs=prep.splits["test"])
     tp = {
         "run_id": run.run_id, "model": config["model"], "reference_model": config["reference_model"],
         "mode": ctx.mode, "budget": ctx.budget.name, "seed": ctx.seed,

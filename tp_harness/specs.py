@@ -306,6 +306,15 @@ class _SpecDocument(_LmEvalFields):
 # The spec object
 
 
+def lm_eval_description(instruction: str) -> str:
+    """The lm-eval ``description`` that carries ``instruction``: the text plus ``"\\n\\n"``, wrapped in
+    ``{% raw %}`` when it holds Jinja markers (lm-eval renders ``description`` as a Jinja template)."""
+    text = instruction
+    if any(marker in text for marker in ("{{", "{%", "{#")):
+        text = "{% raw %}" + text + "{% endraw %}"
+    return text + "\n\n"
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
     """A validated task spec.
@@ -366,9 +375,7 @@ class TaskSpec:
         config["output_type"] = mode
         text = self.tp.instruction if instruction is None else instruction
         if text:
-            if any(marker in text for marker in ("{{", "{%", "{#")):
-                text = "{% raw %}" + text + "{% endraw %}"
-            config["description"] = text + "\n\n"
+            config["description"] = lm_eval_description(text)
         return config
 
     def answer_format(self, mode: str | None = None) -> AnswerFormat | None:

@@ -19,6 +19,20 @@ from dataclasses import dataclass
 from .meta_prompt import INS_CLOSE, INS_OPEN, META_MARKERS
 
 PROPOSERS = ("original", "seed", "reference", "evolution")
+#: a meta-prompt marker counts only as a whole token ("context:" does not contain the marker "text:")
+_MARKER_RE = re.compile("|".join(rf"(?<![\w]){re.escape(m)}" for m in META_MARKERS), re.IGNORECASE)
+#: generic instruction sentences inserted when the history offers no other sentence to recombine
+#: (phrase-level edit operations as in GrIPS, Prasad et al., EACL 2023)
+FALLBACK_PHRASES = (
+    "Read the question carefully.",
+    "Consider every option before you answer.",
+    "Choose the single best answer.",
+    "Answer with the option that is most likely correct.",
+    "Use the facts stated in the text.",
+    "Think about what the question asks.",
+    "Be precise.",
+    "Rely on well-established knowledge.",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +89,7 @@ def hygiene(
         if len(text) > max_chars:
             dropped["too_long"] += 1
             continue
-        if any(m.lower() in text.lower() for m in META_MARKERS):
+        if _MARKER_RE.search(text):
             dropped["marker"] += 1
             continue
         key = text_hash(text)
@@ -131,8 +145,7 @@ def evolve(
             new = sa[:cut_a] + [s for s in sb[cut_b:] if s not in sa[:cut_a]]
         elif op == "insert":
             donors = [s for p in pool if p != a for s in sentences(p) if s not in sa]
-            if not donors:
-                continue
+            donors = donors or [s for s in FALLBACK_PHRASES if s not in sa]
             new = list(sa)
             new.insert(rng.randint(0, len(new)), rng.choice(donors))
         elif op == "delete":
