@@ -51,7 +51,7 @@ def test_run_directory_has_every_file_with_real_content(smoke_run):
     samples = sorted(p.name for p in (run / "samples").glob("*.jsonl"))
     assert samples == [f"financial_phrasebank.test.{k}.jsonl" for k in ("best_source", "best_target", "original")]
     config = json.loads((run / "config.json").read_text())
-    assert config["sources"] == ["mmlu_general", "logiqa"] and config["targets"] == ["financial_phrasebank"]
+    assert config["sources"] == ["mmlu_general", "commonsenseqa"] and config["targets"] == ["financial_phrasebank"]
     assert config["seed"] == 7 and config["budget"] == "smoke"
     assert Path(config["scorer_checkpoint"], "model.safetensors").is_file()
     leaderboard = (results / "LEADERBOARD.md").read_text()
@@ -70,7 +70,7 @@ def test_journal_rows_cover_both_stages_with_proposers_and_metric_ranges(smoke_r
         assert all(_in_unit(v) for v in r["metrics"].values()), r
         assert r["n"] > 0 and r["seconds"] >= 0 and r["tokens"] > 0
     source_rows = [r for r in rows if r["stage"] == "source"]
-    assert all(set(r["per_task"]) == {"mmlu_general", "logiqa"} for r in source_rows)
+    assert all(set(r["per_task"]) == {"mmlu_general", "commonsenseqa"} for r in source_rows)
     keys = Counter((r["stage"], r["task"], r["step"], r["prompt_sha"]) for r in rows)
     assert max(keys.values()) == 1
 

@@ -269,9 +269,9 @@ def test_write_run_report_writes_report_and_plots(results_root: Path) -> None:
     assert "(reliability.png)" in report
     assert "[financial_phrasebank__tp_best.yaml](lm_eval_tasks/financial_phrasebank__tp_best.yaml)" in report
     assert (
-        "lm-eval run --model hf --model_args pretrained=/models/smollm2-fp32 "
+        "lm-eval run --model hf --model_args pretrained=/models/smollm2-fp32,dtype=float32 --device cpu "
         f"--include_path {run_dir}/lm_eval_tasks --tasks financial_phrasebank__tp_best "
-        "--apply_chat_template"
+        "financial_phrasebank__tp_original --apply_chat_template"
     ) in report
     assert "Skipped" not in report
     assert write_run_report(run_dir)[0].read_text(encoding="utf-8") == report  # deterministic

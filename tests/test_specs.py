@@ -23,6 +23,7 @@ SHIPPED = {
     "medmcqa": ("medical", "target", (64, 64, 128)),
     "financial_phrasebank": ("financial", "target", (64, 64, 128)),
     "legalbench_hearsay": ("legal", "target", (25, 25, 50)),
+    "commonsenseqa": ("general", "source", (64, 64, 128)),
 }
 
 
@@ -37,7 +38,7 @@ def sources() -> Registry[TaskSourceDef]:
 # shipped specs
 
 
-def test_discover_finds_the_six_shipped_tasks() -> None:
+def test_discover_finds_the_shipped_tasks() -> None:
     found = discover_specs([BUILTIN_SPEC_DIR])
     assert set(found) == set(SHIPPED)
     assert all(path.parent == BUILTIN_SPEC_DIR for path in found.values())

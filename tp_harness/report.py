@@ -505,11 +505,17 @@ def _reproduce_lines(run_dir: Path, run: StoredRun, config: dict[str, Any]) -> l
     files = sorted(p for p in export_dir.glob("*") if p.is_file()) if export_dir.is_dir() else []
     lines += [f"- [{p.name}](lm_eval_tasks/{p.name})" for p in files] or ["_No exported tasks found._"]
     checkpoint = config.get("scorer_checkpoint") or "<checkpoint>"
+    settings = config.get("settings") or {}
+    dtype = settings.get("dtype", "float32")
+    model = settings.get("model") or config.get("model") or ""
+    device = "cpu" if model.startswith(("embedded", "hf")) else "cuda"
+    chat = (config.get("scorer_identity") or {}).get("chat_template", "yes")
     lines += ["", "## Reproduce with stock lm-eval", "", "```bash"]
     for task in run.targets or sorted({str(e.get("task")) for e in run.evaluations}):
         lines.append(
-            f"lm-eval run --model hf --model_args pretrained={checkpoint} --include_path "
-            f"{run_dir}/lm_eval_tasks --tasks {task}__tp_best --apply_chat_template"
+            f"lm-eval run --model hf --model_args pretrained={checkpoint},dtype={dtype} --device {device} "
+            f"--include_path {run_dir}/lm_eval_tasks --tasks {task}__tp_best {task}__tp_original"
+            + (" --apply_chat_template" if chat else "")
         )
     return [*lines, "```", ""]
 

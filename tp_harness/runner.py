@@ -30,7 +30,7 @@ from .specs import BUILTIN_SPEC_DIR, TaskSpec, discover_specs, load_spec
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SOURCES = ("mmlu_general", "logiqa")
+DEFAULT_SOURCES = ("mmlu_general", "commonsenseqa")
 DEFAULT_TARGETS = ("financial_phrasebank",)
 
 

@@ -330,6 +330,9 @@ class TaskSpec:
     tp: TpBlock
     lines: Mapping[str, int] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
+    def __hash__(self) -> int:  # lm_eval is a dict; path and name identify a spec
+        return hash((self.path, self.name))
+
     @property
     def output_type(self) -> str:
         """The default scoring mode (the spec's top-level ``output_type``)."""
