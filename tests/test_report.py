@@ -11,12 +11,11 @@ import pytest
 
 from tp_harness.errors import RunError
 from tp_harness.hookspecs import Registry, ReporterDef
+from tp_harness.plots import reliability_bins, trajectory_series
 from tp_harness.report import (
     build_leaderboard,
     load_results,
-    reliability_bins,
     tp_register_reporters,
-    trajectory_series,
     write_leaderboard,
     write_run_report,
 )

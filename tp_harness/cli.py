@@ -25,7 +25,9 @@ def _tqdm_progress(label: str, total: int):
     bar = tqdm(total=total, desc=label, unit="cand", dynamic_ncols=True, file=sys.stderr)
 
     class _Bar:
-        def advance(self, n: int = 1, *, step: int | None = None, best: float | None = None) -> None:
+        def advance(self, n: int = 1, *, step: int | None = None, best: float | None = None, unused: int = 0) -> None:
+            if unused:
+                bar.total = max(bar.n + n, bar.total - unused)
             bar.update(n)
             bar.set_postfix(step=step, best=f"{best:.3f}" if best is not None else "n/a")
             if bar.n >= bar.total:

@@ -4,7 +4,7 @@ Owns reading ``results/runs/*/results.json`` (and a run's ``config.json``, ``jou
 ``best_prompts.json`` and samples files), rendering them as markdown tables (tabulate, github format)
 and drawing the optimization trajectory and the reliability diagram (matplotlib, Agg). It never runs
 a model or computes a metric from scratch: it reads the JSON that the journal and export wrote, as
-described in ``docs/internal-contracts.md``. Of tp_harness it imports only ``hookspecs`` and ``errors``.
+described in ``docs/internal-contracts.md``. Plots live in :mod:`tp_harness.plots`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,8 @@ from tabulate import tabulate
 
 from .errors import RunError
 from .hookspecs import Registry, ReporterDef, hookimpl
+from .journal import atomic_write_text
+from .plots import plot_reliability, plot_trajectory, trajectory_series
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,6 @@ METRIC_COLUMNS = (
     ("composite", "composite"),
 )
 TABLE_HEADERS = ["model", "run", "mode", "prompt", *(d for _, d in METRIC_COLUMNS), "n"]
-NUM_BINS = 10
 
 LEADERBOARD_INTRO = (
     "Each row is one prompt scored on the held-out **test** split of a target dataset: the task's "
@@ -230,31 +229,6 @@ def build_leaderboard(runs: list[StoredRun], *, problems: Sequence[str] = ()) ->
 # Writing files
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_save_figure(fig: Any, path: Path) -> None:
-    """Save a matplotlib figure as PNG through a temp file and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_leaderboard(results_root: Path, output: Path | None = None) -> Path:
     """Rebuild the leaderboard from ``results_root/runs/*/results.json`` and write it atomically.
 
@@ -265,7 +239,7 @@ def write_leaderboard(results_root: Path, output: Path | None = None) -> Path:
     results_root = Path(results_root)
     output = Path(output) if output is not None else results_root / "LEADERBOARD.md"
     runs, problems = load_results(results_root)
-    _atomic_write_text(output, build_leaderboard(runs, problems=problems))
+    atomic_write_text(output, build_leaderboard(runs, problems=problems))
     log.info("wrote leaderboard %s (%d runs, %d skipped)", output, len(runs), len(problems))
     return output
 
@@ -304,60 +278,6 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def trajectory_series(
-    journal_rows: Sequence[dict[str, Any]],
-) -> dict[tuple[str, str], list[tuple[int, float]]]:
-    """Best composite so far per step, per (stage, task), from journal rows.
-
-    :param journal_rows: ``journal.jsonl`` rows (``stage``, ``task``, ``step``, ``metrics.composite``).
-    :return: ``{(stage, task): [(step, running max of composite), ...]}`` with steps ascending;
-        rows of stage ``select`` / ``final``, and rows without a numeric step or composite, are ignored.
-    """
-    per_step: dict[tuple[str, str], dict[int, float]] = {}
-    for row in journal_rows:
-        stage = str(row.get("stage", "?"))
-        metrics = row.get("metrics")
-        step = row.get("step")
-        if stage in ("select", "final") or not isinstance(metrics, dict) or not isinstance(step, int):
-            continue
-        value = metrics.get("composite")
-        if _fmt(value) == "n/a":
-            continue
-        steps = per_step.setdefault((stage, str(row.get("task", "?"))), {})
-        steps[step] = max(float(value), steps.get(step, -math.inf))
-    series: dict[tuple[str, str], list[tuple[int, float]]] = {}
-    for key, steps in per_step.items():
-        best = -math.inf
-        points = []
-        for step in sorted(steps):
-            best = max(best, steps[step])
-            points.append((step, best))
-        series[key] = points
-    return series
-
-
-def reliability_bins(
-    confidence: Sequence[float], correct: Sequence[bool], *, n_bins: int = NUM_BINS
-) -> list[tuple[float, float, int]]:
-    """Reliability-diagram points over ``n_bins`` equal-width confidence bins on [0, 1].
-
-    Shapes: ``confidence`` and ``correct`` are 1-D, equal length; confidences are probabilities in
-    [0, 1] (values outside are clipped; confidence 1.0 falls in the last bin).
-    :return: ``[(mean confidence, accuracy, count), ...]`` for the non-empty bins, low to high.
-    :raises ValueError: the lengths differ.
-    """
-    if len(confidence) != len(correct):
-        raise ValueError(f"confidence has {len(confidence)} values but correct has {len(correct)}")
-    sums: dict[int, list[float]] = {}
-    for conf, ok in zip(confidence, correct, strict=True):
-        conf = min(max(float(conf), 0.0), 1.0)
-        acc = sums.setdefault(min(int(conf * n_bins), n_bins - 1), [0.0, 0.0, 0])
-        acc[0] += conf
-        acc[1] += 1.0 if ok else 0.0
-        acc[2] += 1
-    return [(s[0] / s[2], s[1] / s[2], int(s[2])) for _, s in sorted(sums.items())]
-
-
 def _load_reliability_samples(
     run_dir: Path, run: StoredRun, notes: list[str]
 ) -> dict[str, dict[str, tuple[list[float], list[bool]]]]:
@@ -387,68 +307,6 @@ def _load_reliability_samples(
 
 # ----------------------------------------------------------------------------------------------
 # Plots
-
-
-def plot_trajectory(series: dict[tuple[str, str], list[tuple[int, float]]], path: Path) -> Path:
-    """Draw the best-composite-per-step lines (one per stage/task) and save a PNG to ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    order = {"source": 0, "target": 1}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    try:
-        for stage, task in sorted(series, key=lambda k: (order.get(k[0], 2), k)):
-            steps, best = zip(*series[(stage, task)], strict=True)
-            ax.plot(steps, best, marker="o", label=f"{stage}: {task}")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("step")
-        ax.set_ylabel("best composite so far")
-        ax.set_title("Optimization trajectory")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
-        fig.tight_layout()
-        _atomic_save_figure(fig, path)
-    finally:
-        plt.close(fig)
-    return path
-
-
-def plot_reliability(samples: dict[str, dict[str, tuple[list[float], list[bool]]]], path: Path) -> Path:
-    """Draw one reliability diagram per target task (original vs best target) and save a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = sorted(samples)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 5), squeeze=False)
-    try:
-        for ax, task in zip(axes[0], tasks, strict=True):
-            ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
-            for kind, marker in (("original", "s"), ("best_target", "o")):
-                if kind not in samples[task]:
-                    continue
-                points = reliability_bins(*samples[task][kind])
-                mean_conf, acc, counts = zip(*points, strict=True)
-                ax.plot(mean_conf, acc, marker=marker, label=f"{kind.replace('_', ' ')} (n={sum(counts)})")
-            ax.set_xlim(0, 1)
-            ax.set_ylim(0, 1)
-            ax.set_xlabel("mean confidence (10 equal-width bins)")
-            ax.set_ylabel("accuracy")
-            ax.set_title(f"Reliability: {task} (test)")
-            ax.legend(fontsize="small", loc="upper left")
-        fig.tight_layout()
-        _atomic_save_figure(fig, path)
-    finally:
-        plt.close(fig)
-    return path
-
-
-# ----------------------------------------------------------------------------------------------
-# The per-run report
 
 
 def _fence(text: str) -> list[str]:
@@ -577,7 +435,7 @@ def write_run_report(run_dir: Path) -> list[Path]:
     if notes:
         lines += ["## Notes", "", *(f"- {_cell(n)}" for n in notes), ""]
     report = run_dir / "report.md"
-    _atomic_write_text(report, "\n".join(lines).rstrip("\n") + "\n")
+    atomic_write_text(report, "\n".join(lines).rstrip("\n") + "\n")
     log.info("wrote run report %s", report)
     return [report, *written]
 

@@ -32,6 +32,12 @@ FALLBACK_PHRASES = (
     "Think about what the question asks.",
     "Be precise.",
     "Rely on well-established knowledge.",
+    "If you are unsure, pick the most probable answer.",
+    "Ignore options that contradict the question.",
+    "Answer as an expert in the field would.",
+    "Focus on the key facts.",
+    "Do not overthink the question.",
+    "Eliminate clearly wrong options first.",
 )
 
 
@@ -123,7 +129,9 @@ def evolve(
     :param rng: the step's random generator (seeded by run seed, stage and step).
     Operations, each picked at random per candidate: ``crossover`` (first sentences of parent A +
     last sentences of parent B), ``insert`` (a sentence of another high scorer inserted into A),
-    ``delete`` (drop one sentence of A), ``swap`` (exchange two sentences of A). Parents are drawn
+    ``delete`` (drop one sentence of A), ``swap`` (exchange two sentences of A). Half of the insertions
+    (and all of them when the top instructions share no other sentence) take a sentence from
+    :data:`FALLBACK_PHRASES`, so a history of one-sentence originals still varies. Parents are drawn
     from the ``top_k`` best, biased towards the top. Results may repeat; hygiene deduplicates.
     """
     pool = [p for p in ranked[:top_k] if p.strip()]
@@ -137,7 +145,7 @@ def evolve(
         a = rng.choices(pool, weights=weights)[0]
         b = rng.choice(pool)
         sa, sb = sentences(a), sentences(b)
-        ops = ["insert", "crossover"] if len(sa) < 2 else ["crossover", "insert", "delete", "swap"]
+        ops = ["insert", "insert", "crossover"] if len(sa) < 2 else ["crossover", "insert", "delete", "swap"]
         op = rng.choice(ops)
         if op == "crossover":
             cut_a = rng.randint(1, len(sa))
@@ -145,7 +153,8 @@ def evolve(
             new = sa[:cut_a] + [s for s in sb[cut_b:] if s not in sa[:cut_a]]
         elif op == "insert":
             donors = [s for p in pool if p != a for s in sentences(p) if s not in sa]
-            donors = donors or [s for s in FALLBACK_PHRASES if s not in sa]
+            if not donors or rng.random() < 0.5:
+                donors = [s for s in FALLBACK_PHRASES if s not in sa] or donors
             new = list(sa)
             new.insert(rng.randint(0, len(new)), rng.choice(donors))
         elif op == "delete":

@@ -47,11 +47,12 @@ class ScoredPrompt:
 class Progress(Protocol):
     """What a stage reports while it runs (the CLI passes a tqdm bar; the default is silent)."""
 
-    def advance(self, n: int = 1, *, step: int | None = None, best: float | None = None) -> None: ...
+    def advance(self, n: int = 1, *, step: int | None = None, best: float | None = None, unused: int = 0) -> None:
+        """Count ``n`` scored candidates; ``unused`` planned slots of the step that hygiene left empty."""
 
 
 class _Silent:
-    def advance(self, n: int = 1, *, step: int | None = None, best: float | None = None) -> None:
+    def advance(self, n: int = 1, *, step: int | None = None, best: float | None = None, unused: int = 0) -> None:
         pass
 
 
@@ -120,7 +121,8 @@ def run_stage(
         scored = _score_step(cands, step, score, sink, recall, base, stage)
         history.extend(scored)
         best = rank(history)[0].composite if history else None
-        progress.advance(len(cands), step=step, best=best)
+        progress.advance(len(cands), step=step, best=best,
+                         unused=max(0, settings.num_candidates - len(cands)) if step else 0)
         log.info("%s step %d: %d candidates (dropped %s), best composite %s", stage, step, len(cands), dropped, best)
     return rank(history)
 
