@@ -30,7 +30,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 
 @dataclass(frozen=True, slots=True)
 class SampleRecord:
-    """One scored sample of one (task, prompt, split) evaluation; see docs/internal-contracts.md."""
+    """One scored sample of one (task, prompt, split) evaluation; see docs/run-directory.md."""
 
     doc_id: int  # index of the doc within its split
     prompt_sha: str  # sha256 hex of the instruction text (first 16 chars)

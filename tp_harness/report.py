@@ -4,7 +4,7 @@ Owns reading ``results/runs/*/results.json`` (and a run's ``config.json``, ``jou
 ``best_prompts.json`` and samples files), rendering them as markdown tables (tabulate, github format)
 and drawing the optimization trajectory and the reliability diagram (matplotlib, Agg). It never runs
 a model or computes a metric from scratch: it reads the JSON that the journal and export wrote, as
-described in ``docs/internal-contracts.md``. Plots live in :mod:`tp_harness.plots`.
+described in ``docs/run-directory.md``. Plots live in :mod:`tp_harness.plots`.
 """
 
 from __future__ import annotations
