@@ -134,7 +134,8 @@ class EvalJob:
 class Evaluation:
     """The result of one :class:`EvalJob`: records, metric values (plus ``composite``) and costs.
 
-    :ivar metrics: ``{"acc", "ifr", "ece", "auroc", "pr_p", "pr_n", "composite"}`` floats in [0, 1] or None.
+    :ivar metrics: every registered metric (``acc``, ``ifr``, ``ece``, ``auroc``, ``pr_p``, ``pr_n``, ...) plus
+        ``composite``: floats in [0, 1], or None where undefined or not applicable (IFR in multiple_choice).
     :ivar seconds: wall time of the backend call, shared pro rata between the jobs of one call.
     :ivar tokens: prompt + continuation tokens pushed through the scorer LLM for this job.
     """
@@ -228,7 +229,9 @@ def evaluate_jobs(
                 texts.extend([gen_reqs[start].arguments[0], response])
         n_reqs = sum(c for _, _, c in spans)
         defs = _applicable(metrics, prep.mode)
-        values = compute_metrics(records, defs, weights={k: w for k, w in prep.weights.items() if k in defs})
+        computed = compute_metrics(records, defs, weights={k: w for k, w in prep.weights.items() if k in defs})
+        values = {name: computed.get(name) for name in metrics.names()}  # n/a (None) where a metric does not apply
+        values["composite"] = computed["composite"]
         out.append(Evaluation(task=prep.name, split=job.split, instruction=job.instruction, prompt_sha=sha,
                               mode=prep.mode, records=tuple(records), metrics=values,
                               seconds=elapsed * n_reqs / total_reqs, tokens=backend.count_tokens(texts)))

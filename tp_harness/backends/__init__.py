@@ -45,9 +45,7 @@ def _hf(model_args, **options):
 def _vllm(model_args, **options):
     from .vllm import make_vllm_backend
 
-    options = {k: v for k, v in options.items() if k != "device"}
-    if options.get("batch_size") not in (None, "auto"):
-        options["batch_size"] = options["batch_size"]
+    options = {k: v for k, v in options.items() if k != "device"}  # vLLM places the model itself
     return make_vllm_backend(model_args, **options)
 
 
