@@ -102,7 +102,7 @@ def prepare_task(
 # prompts and requests
 
 
-def render_context(prepared: PreparedTask, backend: LMBackend, instruction: str, split: str, doc_id: int) -> str:
+def render_context(prepared: PreparedTask, backend: LMBackend, *, instruction: str, split: str, doc_id: int) -> str:
     """The exact prompt string lm-eval builds for ``doc`` with ``instruction`` as the task description.
 
     The instruction plus ``"\n\n"`` is placed exactly where an exported task's ``description``
@@ -191,7 +191,7 @@ def evaluate_jobs(
         spans = []
         for doc_id in ids:
             doc = prep.splits[job.split][doc_id]
-            ctx = render_context(prep, backend, job.instruction, job.split, doc_id)
+            ctx = render_context(prep, backend, instruction=job.instruction, split=job.split, doc_id=doc_id)
             if prep.mode == "multiple_choice":
                 reqs = prep.task.construct_requests(doc=doc, ctx=ctx, metadata=(prep.name, doc_id, 1),
                                                     apply_chat_template=backend.has_chat_template)
