@@ -60,8 +60,13 @@ def test_lm_eval_results_has_the_lm_eval_schema() -> None:
     tp = {"run_id": "r1", "evaluations": []}
     before = time.time()
     out = lm_eval_results(evaluations=[_evaluation("original", acc=0.4), _evaluation("best_target", acc=0.8)],
-                          model="hf", model_args="pretrained=tiny", tp=tp)
-    assert set(out) == {"results", "n-samples", "config", "versions", "date", "tp"}
+                          model="hf", model_args="pretrained=tiny", tp=tp,
+                          higher_is_better={"acc": True, "ece": False, "auroc": True})
+    assert set(out) == {"results", "group_subtasks", "versions", "n-shot", "higher_is_better", "n-samples",
+                        "config", "date", "tp"}
+    assert out["higher_is_better"]["medqa__tp_best"] == {"acc": True, "ece": False, "auroc": True,
+                                                         "tp_composite": True}
+    assert out["n-shot"] == {"medqa__tp_original": 0, "medqa__tp_best": 0}
     assert out["results"] == {
         "medqa__tp_original": {"alias": "medqa__tp_original", "acc,none": 0.4, "ece,none": 0.1, "auroc,none": None,
                                "tp_composite,none": 0.2},

@@ -10,7 +10,6 @@ lm-eval's ``custom_dataset: !function`` loads relative to the YAML, so ``lm-eval
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -81,15 +80,20 @@ def lm_eval_results(
     model: str,
     model_args: str,
     tp: dict[str, Any],
+    higher_is_better: Mapping[str, bool] | None = None,
 ) -> dict[str, Any]:
-    """Build ``results.json``: lm-eval's results schema (``results``, ``n-samples``, ``config``,
-    ``versions``, ``date``) for the exported ``<task>__tp_original`` / ``<task>__tp_best`` tasks, plus ``tp``.
+    """Build ``results.json``: lm-eval's results schema (``results``, ``group_subtasks``, ``versions``,
+    ``n-shot``, ``higher_is_better``, ``n-samples``, ``config``, ``date``) for the exported
+    ``<task>__tp_original`` / ``<task>__tp_best`` tasks, plus ``tp``. Metric keys follow lm-eval's
+    ``<metric>,<filter>`` form with filter ``none``; the composite is ``tp_composite``.
 
     :param evaluations: test-split evaluation dicts (keys task, prompt_kind, metrics, n, ...) as in ``tp.evaluations``.
+    :param higher_is_better: per metric name, as registered (the composite is always higher-is-better).
     """
     results: dict[str, dict] = {}
     n_samples: dict[str, dict] = {}
     versions: dict[str, float] = {}
+    hib: dict[str, dict[str, bool]] = {}
     for ev in evaluations:
         kind = {"original": "original", "best_target": "best", "best_source": "best_source"}[ev["prompt_kind"]]
         if kind == "best_source" and any(e["prompt_kind"] == "best_target" and e["task"] == ev["task"]
@@ -105,16 +109,16 @@ def lm_eval_results(
         results[name] = row
         n_samples[name] = {"original": ev["n"], "effective": ev["n"]}
         versions[name] = 1.0
+        hib[name] = {("tp_composite" if k == "composite" else k): (True if k == "composite" else
+                     bool((higher_is_better or {}).get(k, True))) for k in ev["metrics"]}
     return {
         "results": results,
+        "group_subtasks": {name: [] for name in results},
+        "versions": versions,
+        "n-shot": {name: 0 for name in results},
+        "higher_is_better": hib,
         "n-samples": n_samples,
         "config": {"model": model, "model_args": model_args},
-        "versions": versions,
         "date": time.time(),
         "tp": tp,
     }
-
-
-def dumps(obj: Any) -> str:
-    """JSON text as tp-harness writes it (indented, UTF-8)."""
-    return json.dumps(obj, indent=2, ensure_ascii=False)

@@ -188,7 +188,9 @@ def finish_run(ctx: RunContext, outcome: RunOutcome, *, results_root: Path) -> d
         "evaluations": evaluations, "trajectory": _trajectory(run.journal()),
         "scorer_checkpoint": config.get("scorer_checkpoint"),
     }
-    results = lm_eval_results(evaluations=evaluations, model=config["model"], model_args=config["model_args"], tp=tp)
+    hib = {e.name: e.item.higher_is_better for e in ctx.registries.metrics.entries()}
+    results = lm_eval_results(evaluations=evaluations, model=config["model"], model_args=config["model_args"], tp=tp,
+                              higher_is_better=hib)
     run.write_json("results.json", results)
     for entry in ctx.registries.reporters.entries():
         try:
