@@ -20,7 +20,6 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -32,6 +31,7 @@ from pydantic import (
 )
 
 from .errors import SpecError
+from .spec_yaml import line_for, parse_yaml
 
 __all__ = [
     "BUILTIN_SPEC_DIR",
@@ -350,7 +350,7 @@ class TaskSpec:
 
     def line_of(self, field: str) -> int | None:
         """The line of dotted ``field`` in the spec file, or of its nearest enclosing key; None if unknown."""
-        return _line_for(self.lines, field)
+        return line_for(self.lines, field)
 
     def lm_eval_config(self, mode: str | None = None, *, instruction: str | None = None) -> dict[str, Any]:
         """The lm-eval ``TaskConfig`` fields for scoring in ``mode``.
@@ -398,76 +398,6 @@ class TaskSpec:
 # YAML with line numbers
 
 
-_LAST_PART = re.compile(r"(\.[^.\[\]]+|\[\d+\]|^[^.\[\]]+)$")
-
-
-def _line_for(lines: Mapping[str, int], field: str) -> int | None:
-    """The line of dotted ``field``, or of its nearest enclosing key that has one; None if none has."""
-    while field:
-        if field in lines:
-            return lines[field]
-        field = _LAST_PART.sub("", field)
-    return None
-
-
-def _dotted(parent: str, part: str | int) -> str:
-    if isinstance(part, int):
-        return f"{parent}[{part}]"
-    return f"{parent}.{part}" if parent else str(part)
-
-
-def _line_map(
-    path: Path, node: yaml.Node, prefix: str = "", lines: dict[str, int] | None = None
-) -> dict[str, int]:
-    """Map each dotted key path to its 1-based line; refuse duplicate keys, which YAML would silently drop."""
-    lines = {} if lines is None else lines
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            dotted = _dotted(prefix, key)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise SpecError(path, dotted, f"duplicate key (first at line {seen[key]})", line=line)
-            seen[key] = line
-            lines[dotted] = line
-            _line_map(path, value_node, dotted, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            dotted = _dotted(prefix, i)
-            lines[dotted] = item.start_mark.line + 1
-            _line_map(path, item, dotted, lines)
-    return lines
-
-
-def _parse_yaml(path: Path) -> tuple[Any, dict[str, int]]:
-    """Parse ``path`` once, returning the data and its dotted-path -> line map."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(path, "(file)", "spec file not found") from None
-    except UnicodeDecodeError as err:
-        raise SpecError(
-            path, "(file)", f"expected UTF-8 text, got undecodable bytes ({err.reason})"
-        ) from None
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        problem = " ".join(p for p in (err.context, err.problem) if p)
-        raise SpecError(
-            path,
-            "(yaml)",
-            f"invalid YAML: {problem}; check indentation and quoting",
-            line=mark.line + 1 if mark else None,
-        ) from None
-    except yaml.YAMLError as err:
-        raise SpecError(path, "(yaml)", f"invalid YAML: {err}") from None
-    finally:
-        loader.dispose()
-    return data, (_line_map(path, node) if node is not None else {})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -594,7 +524,7 @@ def _to_spec_error(path: Path, data: Any, lines: Mapping[str, int], exc: Validat
         if isinstance(error, _LocatedError):
             loc = [*loc, *error.suffix]
         field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-        line = _line_for(lines, field)
+        line = line_for(lines, field)
         located.append((line if line is not None else 0, index, field, loc, err))
     # file order, but a missing field last: it is often the echo of a misspelt key reported beside it
     _line, _index, field, loc, err = min(
@@ -618,7 +548,7 @@ def load_spec(path: str | Path, *, metric_names: Collection[str] = DEFAULT_METRI
         file does not exist; the message names the file, the line, the dotted field and what was expected.
     """
     path = Path(path)
-    data, lines = _parse_yaml(path)
+    data, lines = parse_yaml(path)
     if not isinstance(data, dict):
         raise SpecError(
             path,
@@ -650,7 +580,7 @@ def _task_name(path: Path) -> tuple[str, int | None]:
     match = _TASK_LINE.search(text)
     if match:
         return match.group(2), text.count("\n", 0, match.start()) + 1
-    data, lines = _parse_yaml(path)
+    data, lines = parse_yaml(path)
     if isinstance(data, dict) and isinstance(data.get("task"), str) and data["task"]:
         return data["task"], lines.get("task")
     raise SpecError(path, "task", "missing required field: the task name", line=1)
