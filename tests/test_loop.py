@@ -253,3 +253,17 @@ def test_weak_reference_moves_from_a_single_one_sentence_original() -> None:
     initial = [Candidate("Answer the following multiple-choice question about general knowledge.", "original")]
     rows, _history, _scorer, _ = _run(reference=FakeReference(weak=True), initial=initial)
     assert [r for r in rows if r["step"] > 0], "no candidate after step 0"
+
+
+def test_complete_steps_come_from_the_journal_without_asking_the_reference_llm(full_run) -> None:
+    rows, history, _scorer, _ref = full_run
+    reference = FakeReference()
+    scorer = Scorer()
+    replay = run_stage(
+        stage="target", description="Answer multiple-choice questions.", initial=INITIAL, score=scorer,
+        sink=lambda row: pytest.fail(f"a recalled run wrote {row}"), recall=_recall_from(rows),
+        reference=reference, exemplars=_exemplars, settings=SETTINGS, seed=11, row_base={"task": "tiny"},
+        recall_step=lambda step: [r for r in rows if r["step"] == step],
+    )
+    assert reference.calls == [] and scorer.scored == []
+    assert [(p.text, p.composite) for p in replay] == [(p.text, p.composite) for p in history]

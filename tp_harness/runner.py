@@ -246,7 +246,7 @@ def run_optimize(
         on_projection(projection, ctx)
     optimizer = registries.optimizers.get(ctx.run.config()["settings"]["optimizer"])
     outcome = optimizer.run(ctx)
-    results_root = Path(ctx.run.config()["settings"]["results_dir"])
+    results_root = ctx.run.path.parent.parent  # <results>/runs/<run_id>: valid from any working directory
     results = finish_run(ctx, outcome, results_root=results_root)
     return ctx.run, results
 

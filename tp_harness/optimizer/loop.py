@@ -97,6 +97,7 @@ def run_stage(
     seed: int,
     progress: Progress | None = None,
     row_base: dict[str, Any] | None = None,
+    recall_step: Callable[[int], list[dict]] | None = None,
 ) -> list[ScoredPrompt]:
     """Run one stage and return its whole history (initial prompts included), best first.
 
@@ -107,12 +108,21 @@ def run_stage(
     :param recall: returns the journal row of an already scored (step, prompt sha), for ``--resume``.
     :param reference: the reference LLM backend (``sample(prompt, num_samples=..., ...)``).
     :param exemplars: draws the meta-prompt's (question, answer) examples with the step's generator.
+    :param recall_step: returns the journal rows of a step; a step whose rows are all there (as many
+        as its ``num_candidates``) is taken from the journal without asking the reference LLM again.
     """
     progress = progress or _Silent()
     history: list[ScoredPrompt] = []
     base = dict(row_base or {})
     for step in range(settings.steps + 1):
         rng = random.Random(f"{seed}:{stage}:{step}")
+        done = recall_step(step) if recall_step is not None and step > 0 else []
+        if done and len(done) == done[0].get("num_candidates"):
+            scored = [_from_row(row) for row in sorted(done, key=lambda r: r["candidate_index"])]
+            history.extend(scored)
+            progress.advance(len(scored), step=step, best=rank(history)[0].composite,
+                             unused=max(0, settings.num_candidates - len(scored)))
+            continue
         if step == 0:
             cands, dropped = hygiene(initial, max_chars=10_000, min_chars=1)
         else:
@@ -125,6 +135,11 @@ def run_stage(
                          unused=max(0, settings.num_candidates - len(cands)) if step else 0)
         log.info("%s step %d: %d candidates (dropped %s), best composite %s", stage, step, len(cands), dropped, best)
     return rank(history)
+
+
+def _from_row(row: dict) -> ScoredPrompt:
+    return ScoredPrompt(text=row["prompt"], sha=row["prompt_sha"], proposer=row["proposer"],
+                        composite=row["metrics"].get("composite"), metrics=row["metrics"], step=row["step"], row=row)
 
 
 def hash_seed(seed: int, stage: str, step: int) -> int:
@@ -170,6 +185,5 @@ def _score_step(cands, step, score: ScoreFn, sink: Sink, recall: Recall, base: d
                    "proposer": cand.proposer, "operation": cand.operation, "prompt": cand.text, "prompt_sha": sha,
                    "metrics": metrics, **extra}
             sink(row)
-        out.append(ScoredPrompt(text=cand.text, sha=sha, proposer=row["proposer"],
-                                composite=row["metrics"].get("composite"), metrics=row["metrics"], step=step, row=row))
+        out.append(_from_row(row))
     return out

@@ -183,7 +183,7 @@ def run_source_stage(ctx: RunContext) -> list[ScoredPrompt]:
         stage="source", description=description, initial=initial, score=score, sink=ctx.run.append,
         recall=recall, reference=ctx.reference, exemplars=_exemplar_fn(sources), settings=_settings(ctx),
         seed=ctx.seed, progress=ctx.progress("stage 1 (source)", total) if ctx.progress else None,
-        row_base={"task": label},
+        row_base={"task": label}, recall_step=lambda step: ctx.run.find(stage="source", task=label, step=step),
     )
 
 
@@ -208,6 +208,7 @@ def run_target_stage(ctx: RunContext, target: PreparedTask, seeds: Sequence[Scor
         settings=_settings(ctx), seed=ctx.seed,
         progress=ctx.progress(f"stage 2 (target {target.name})", total) if ctx.progress else None,
         row_base={"task": target.name},
+        recall_step=lambda step: ctx.run.find(stage="target", task=target.name, step=step),
     )
 
 
