@@ -252,7 +252,8 @@ def test_minimal_spec_loads(tmp_path: Path) -> None:
             "parser: label_confidence",
             "20: tp.modes.generate_until.answer_format: required for parser label_confidence",
         ),
-        ('  gates: ["acc >= 0.2"]', '  gates: ["acc"]', "21: tp.gates[0]: expected a comparison"),
+        ('  gates: ["acc >= 0.2"]', '  gates: ["acc"]', "21: tp.gates[0]: cannot parse gate 'acc'"),
+        ('  gates: ["acc >= 0.2"]', '  gates: ["accuracy >= 0.2"]', "21: tp.gates[0]: gate 'accuracy >= 0.2' names unknown metric"),
         (
             '  gates: ["acc >= 0.2"]',
             "  metric_weights: {acc: 0}",

@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from .errors import SpecError
+from .gates import GateSyntaxError, parse_gate
 from .spec_yaml import line_for, parse_yaml
 
 __all__ = [
@@ -63,7 +64,6 @@ _RESERVED_MODE = {
     "output_type": "the mode name is the output_type",
     "description": "set tp.instruction instead; it becomes lm-eval's description",
 }
-_GATE = re.compile(r"\S.*(>=|<=|==|!=|>|<).*\S")
 
 
 @functools.cache
@@ -248,10 +248,13 @@ class TpBlock(_Strict):
 
     @field_validator("gates")
     @classmethod
-    def _gates_look_like_comparisons(cls, gates: list[str]) -> list[str]:
+    def _gates_parse(cls, gates: list[str], info: ValidationInfo) -> list[str]:
+        known = frozenset((info.context or {}).get("metric_names", DEFAULT_METRIC_NAMES))
         for i, gate in enumerate(gates):
-            if not _GATE.fullmatch(gate.strip()):
-                raise _LocatedError(f"expected a comparison such as 'acc >= 0.3', got {gate!r}", i)
+            try:
+                parse_gate(gate, metric_names=known)
+            except GateSyntaxError as err:
+                raise _LocatedError(str(err), i) from None
         return gates
 
 

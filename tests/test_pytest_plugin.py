@@ -1,0 +1,179 @@
+"""The pytest plugin on real pytest sessions (``pytester``, in subprocesses) with the real embedded model.
+
+One module-scoped session runs a tiny CommonsenseQA spec with a passing, a failing, a not-applicable
+and a regression gate, the documented example tests, ``--tp-optimize`` and a ``tp_gpu`` test, and is
+checked for outcomes, the failure report, JUnit properties, ``$GITHUB_STEP_SUMMARY`` and a single model
+load. Collection errors and the inactive plugin need no model. The repo's own shipped specs are gated
+once with ``--tp-limit 8`` (slow).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CSQA = REPO / "task_specs" / "data" / "commonsenseqa" / "dev_rand_split.jsonl"
+
+TINY_SPEC = """\
+task: tiny_csqa
+output_type: multiple_choice
+doc_to_text: "Question: {{question}}\\nA. {{choices.text[0]}}\\nB. {{choices.text[1]}}\\nC. {{choices.text[2]}}\\nD. {{choices.text[3]}}\\nE. {{choices.text[4]}}\\nAnswer:"
+doc_to_choice: "{{choices.text}}"
+doc_to_target: "{{choices.label.index(answerKey)}}"
+target_delimiter: " "
+metric_list: [{metric: acc, aggregation: mean, higher_is_better: true}]
+tp:
+  domain: general
+  role: both
+  description: Commonsense questions about everyday concepts, five options.
+  instruction: "Answer the following commonsense question by choosing the most sensible option."
+  data: {format: jsonl, files: [data/tiny.jsonl]}
+  splits: {seed: 3, optimize: 8, validation: 8, test: 8}
+  gates: [%s]
+"""
+GATES = '"acc >= 0.2", "acc >= 0.95", "ifr >= 0.5", "composite >= original - 1.0"'
+
+MODEL_ARGS = ["--tp-model=embedded:smollm2-135m", "-p", "no:cacheprovider"]
+
+
+def _write_tiny(root: Path, gates: str = GATES, name: str = "tiny_csqa.yaml") -> Path:
+    specs = root / "task_specs"
+    (specs / "data").mkdir(parents=True, exist_ok=True)
+    lines = CSQA.read_text(encoding="utf-8").splitlines()[:30]
+    (specs / "data" / "tiny.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    spec = specs / name
+    spec.write_text(TINY_SPEC % gates, encoding="utf-8")
+    return spec
+
+
+@pytest.mark.slow
+def test_real_session_gates_example_fixtures_reports_and_one_model_load(pytester, monkeypatch):
+    """One real pytest session on the embedded model: a tiny spec's gates, the documented example tests
+    (``tp_evaluate``, ``tp_optimize``), ``--tp-optimize``, a ``tp_gpu`` test, JUnit XML, the step summary."""
+    pt = pytester
+    _write_tiny(pt.path)
+    pt.makeconftest("""
+        from pathlib import Path
+
+        def pytest_sessionfinish(session):
+            from tp_harness.backends import hf
+            Path("loads.txt").write_text(str(hf.LOAD_COUNT["hflm"]))
+        """)
+    example = (REPO / "docs" / "examples" / "test_prompt_quality.py").read_text(encoding="utf-8")
+    pt.makepyfile(test_example=example.replace('"commonsenseqa"', '"tiny_csqa"'))
+    pt.makepyfile(test_gpu="""
+        import pytest
+
+        @pytest.mark.tp_gpu
+        def test_needs_cuda():
+            raise AssertionError("must be skipped without CUDA")
+        """)
+    summary = pt.path / "step_summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    result = pt.runpytest_subprocess(*MODEL_ARGS, "--tp-limit", "8", "--tp-optimize", "-rfs",
+                                     "--junitxml", str(pt.path / "junit.xml"), timeout=900)
+    out = result.stdout.str()
+
+    # outcomes: 4 gates -> 3 absolute x (original, best) + 1 regression x best = 7 items (3 pass, 2 fail,
+    # 2 skip: ifr does not apply to multiple_choice); 4 example tests pass; the tp_gpu test is skipped
+    result.assert_outcomes(passed=7, failed=2, skipped=3)
+    assert "FAILED task_specs/tiny_csqa.yaml::tiny_csqa::acc>=0.95[original]" in out
+    assert "FAILED task_specs/tiny_csqa.yaml::tiny_csqa::acc>=0.95[best]" in out
+    assert "ifr does not apply to multiple_choice scoring (tiny_csqa)" in out
+    assert "tp_gpu: CUDA is not available" in out
+
+    # the failure report: metric, value, threshold, n, worst samples with prompt, response, parsed answer, gold
+    report = out[out.index("gate failed: acc >= 0.95   [tiny_csqa, original prompt"):]
+    assert "acc = 0." in report and "threshold >= 0.9500" in report and "n = 8 test docs" in report
+    assert "worst 3 samples" in report
+    assert "parsed answer" in report and "gold" in report and "prompt:" in report and "response:" in report
+    assert "Answer the following commonsense question" in report  # the instruction inside the rendered prompt
+
+    # one model load for the whole session; summary in the terminal and in $GITHUB_STEP_SUMMARY
+    assert (pt.path / "loads.txt").read_text() == "1"
+    assert "tp-harness gates (embedded:smollm2-135m)" in out
+    assert "3 gates passed, 2 failed, 2 skipped; scorer LLM loaded 1 time(s)" in out
+    text = summary.read_text(encoding="utf-8")
+    assert text.startswith("### tp-harness gates: embedded:smollm2-135m")
+    assert "| tiny_csqa" in text and "acc >= 0.95" in text and "failed" in text
+
+    # JUnit XML properties carry the metric values
+    junit = ET.parse(pt.path / "junit.xml").getroot()
+    cases = {c.get("name"): {p.get("name"): p.get("value") for p in c.iter("property")}
+             for c in junit.iter("testcase")}
+    props = cases["acc>=0.2[original]"]
+    assert props["tp_task"] == "tiny_csqa" and props["tp_n"] == "8" and props["tp_threshold"] == "0.2"
+    assert 0.0 <= float(props["tp_acc"]) <= 1.0 and 0.0 <= float(props["tp_ece"]) <= 1.0
+
+    # --tp-optimize stored a run under the results dir and the [best] items used its prompt
+    assert sorted((pt.path / "results" / "runs").glob("*/results.json"))
+    assert cases["acc>=0.2[best]"]["tp_prompt_origin"].startswith("--tp-optimize run ")
+
+
+def test_malformed_gate_is_a_collection_error_naming_file_and_gate(pytester):
+    spec = _write_tiny(pytester.path, gates='"acc => 0.3"', name="broken.yaml")
+    result = pytester.runpytest_subprocess(*MODEL_ARGS, "--co")
+    out = result.stdout.str()
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert "ERROR collecting task_specs/broken.yaml" in out
+    assert f"{spec}:" in out and "tp.gates[0]" in out and "cannot parse gate 'acc => 0.3'" in out
+
+
+def test_unknown_metric_in_gate_names_the_known_ones(pytester):
+    _write_tiny(pytester.path, gates='"accuracy >= 0.3"')
+    result = pytester.runpytest_subprocess(*MODEL_ARGS, "--co")
+    assert "names unknown metric 'accuracy'; known: acc, auroc, composite, ece, ifr, pr_n, pr_p" in result.stdout.str()
+
+
+def test_collection_ids_filters_and_inactive_plugin(pytester):
+    _write_tiny(pytester.path)
+    result = pytester.runpytest_subprocess(*MODEL_ARGS, "--co", "-q")
+    ids = [line for line in result.stdout.lines if "::" in line]
+    assert ids == [
+        "task_specs/tiny_csqa.yaml::tiny_csqa::acc>=0.2[original]",
+        "task_specs/tiny_csqa.yaml::tiny_csqa::acc>=0.2[best]",
+        "task_specs/tiny_csqa.yaml::tiny_csqa::acc>=0.95[original]",
+        "task_specs/tiny_csqa.yaml::tiny_csqa::acc>=0.95[best]",
+        "task_specs/tiny_csqa.yaml::tiny_csqa::ifr>=0.5[original]",
+        "task_specs/tiny_csqa.yaml::tiny_csqa::ifr>=0.5[best]",
+        "task_specs/tiny_csqa.yaml::tiny_csqa::composite>=original-1[best]",
+    ]
+    assert "no tests" in pytester.runpytest_subprocess(*MODEL_ARGS, "--co", "--tp-tasks", "other*").stdout.str()
+    # without --tp-model the plugin collects nothing from specs
+    assert "no tests" in pytester.runpytest_subprocess("--co", "-p", "no:cacheprovider").stdout.str()
+
+
+def test_bad_option_value_is_a_usage_error(pytester):
+    result = pytester.runpytest_subprocess(*MODEL_ARGS, "--tp-limit", "many")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--tp-limit: expected a whole number of docs, got 'many'" in result.stderr.str()
+
+
+@pytest.mark.slow
+def test_repo_gates_every_shipped_spec_with_tp_limit_8():
+    """The README's CI command on this repo: every shipped spec's gates are collected, run and summarized."""
+    from tp_harness.runner import spec_index
+    from tp_harness.specs import load_spec
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("TP_HARNESS_PLUGINS", None)
+    env.pop("GITHUB_STEP_SUMMARY", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--tp-model=embedded:smollm2-135m", "--tp-limit", "8", "-m", "tp",
+         "-p", "no:cacheprovider", "-q", "-o", "addopts="],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1500,
+    )
+    out = proc.stdout
+    assert proc.returncode in (0, 1), out[-3000:] + proc.stderr[-3000:]  # 1: some gate failed, reported
+    assert "tp-harness gates (embedded:smollm2-135m)" in out and "scorer LLM loaded 1 time(s)" in out
+    summary = out[out.index("tp-harness gates (embedded:smollm2-135m)"):]
+    for name, path in spec_index().items():
+        for gate in load_spec(path).tp.gates:
+            assert f"{name}" in summary and gate in summary, (name, gate)
+    assert " error" not in out.splitlines()[-1]
