@@ -177,3 +177,30 @@ def test_repo_gates_every_shipped_spec_with_tp_limit_8():
         for gate in load_spec(path).tp.gates:
             assert f"{name}" in summary and gate in summary, (name, gate)
     assert " error" not in out.splitlines()[-1]
+
+
+def test_vllm_gate_items_are_tp_gpu_and_skip_cleanly_without_cuda(pytester):
+    _write_tiny(pytester.path)
+    result = pytester.runpytest_subprocess("--tp-model=vllm", "-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(skipped=7)
+    assert "tp_gpu: CUDA is not available on this machine" in result.stdout.str()
+    assert "7 gates" not in result.stdout.str()  # nothing evaluated, no model loaded
+    selected = pytester.runpytest_subprocess("--tp-model=vllm", "-p", "no:cacheprovider", "-m", "tp_gpu", "--co", "-q")
+    assert "7/7 tests collected" in selected.stdout.str() or "7 tests collected" in selected.stdout.str()
+
+
+def test_repo_command_collects_shipped_spec_gates_next_to_the_tests():
+    """`pytest --tp-model=embedded:smollm2-135m --tp-limit 8` at the repo root collects tests/ and task_specs/."""
+    from tp_harness.runner import spec_index
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--tp-model=embedded:smollm2-135m", "--tp-limit", "8", "--co", "-q",
+         "-p", "no:cacheprovider"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    ids = proc.stdout.splitlines()
+    assert any(i.startswith("tests/test_gates.py::") for i in ids)
+    for name, path in spec_index().items():
+        prefix = f"{path.relative_to(REPO).as_posix()}::{name}::"
+        assert any(i.startswith(prefix) and i.endswith("[best]") for i in ids), name
