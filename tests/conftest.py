@@ -12,10 +12,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def registries():
-    """The built-in plugin registries (no external plugins)."""
-    from tp_harness.plugins import build_registries
+    """The built-in plugin registries (no external plugins, whatever is installed)."""
+    from tp_harness.plugins import build_registries, get_plugin_manager
 
-    return build_registries()
+    return build_registries(get_plugin_manager(entry_points=False))
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +30,6 @@ def embedded_backend(registries):
 def _quiet_env(monkeypatch):
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("TP_HARNESS_PLUGINS", raising=False)
+    monkeypatch.setenv("TP_HARNESS_PLUGINS", "")  # tests pick their plugins: installed entry points stay out
     if "TP_CACHE_DIR" in os.environ:
         monkeypatch.setenv("TP_CACHE_DIR", os.environ["TP_CACHE_DIR"])

@@ -24,7 +24,7 @@ def _error_line(capsys) -> str:
 @pytest.mark.parametrize(
     ("edit", "field"),
     [
-        (lambda t: "\n".join(line for line in t.splitlines() if not line.startswith("  instruction:")),
+        (lambda t: "\n".join(line for line in t.splitlines() if not line.lstrip().startswith("instruction:")),
          "tp.instruction"),
         (lambda t: t.replace("splits: {seed: 1234, optimize: 64", "splits: {seed: 1234, optimize: many"),
          "tp.splits.optimize"),
@@ -71,7 +71,7 @@ def test_plugins_lists_builtins_of_every_kind(capsys):
 def test_python_dash_m_help_is_fast_and_lists_commands():
     proc = subprocess.run([sys.executable, "-m", "tp_harness", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
-    for cmd in ("optimize", "evaluate", "leaderboard", "tasks", "models", "plugins"):
+    for cmd in ("optimize", "evaluate", "sweep", "leaderboard", "tasks", "models", "plugins"):
         assert cmd in proc.stdout
 
 

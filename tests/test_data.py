@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from tp_harness.data import (
+    load_bbh,
     load_csv,
     load_docs,
+    load_json,
     load_jsonl,
     load_logiqa,
     load_phrasebank,
@@ -70,7 +72,7 @@ def jsonl_spec(tmp_path: Path, n: int, **kwargs: str) -> TaskSpec:
 
 
 def test_builtin_formats_are_registered_through_the_hook(sources: Registry[TaskSourceDef]) -> None:
-    assert sources.names() == ["jsonl", "csv", "tsv", "logiqa", "phrasebank"]
+    assert sources.names() == ["jsonl", "csv", "tsv", "logiqa", "phrasebank", "json", "bbh"]
     assert sources.get("jsonl").suffixes == (".jsonl",)
 
 
@@ -230,6 +232,66 @@ def test_phrasebank_malformed_row_names_file_and_line(tmp_path: Path, line: str,
     with pytest.raises(DataError) as info:
         list(load_phrasebank(path))
     assert str(info.value).startswith(f"{path}:2: {expected}")
+
+
+def test_json_list_and_mapping_records(tmp_path: Path) -> None:
+    path = tmp_path / "a.json"
+    path.write_text('{"canary": "x", "data": {"examples": [{"q": 1}, {"q": 2}]}}', encoding="utf-8")
+    assert list(load_json(path, records="data.examples")) == [(1, {"q": 1}), (2, {"q": 2})]
+    path.write_text('{"111": {"QUESTION": "a?"},\n "222": {"QUESTION": "b?"}}', encoding="utf-8")
+    assert list(load_json(path, key_field="pmid")) == [
+        (1, {"QUESTION": "a?", "pmid": "111"}),
+        (2, {"QUESTION": "b?", "pmid": "222"}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "options", "expected"),
+    [
+        ('[{"q": 1},\n {"q": 2]', {}, r"a\.json:2: expected a JSON document, got invalid JSON"),
+        ('[{"q": 1}, 7]', {}, r"a\.json: record 1: expected a JSON object, got int 7"),
+        ('{"1": {"q": 1}, "2": "x"}', {"key_field": "id"}, r"a\.json: record 2: expected a JSON object, got str"),
+        ('{"1": {"q": 1}}', {}, r"a\.json: expected a list of records, got a mapping .*; set option key_field"),
+        ('{"examples": []}', {"records": "rows"}, r"a\.json: expected the records under key 'rows', found no 'rows'"),
+    ],
+)
+def test_json_malformed_names_file_and_record(tmp_path: Path, text: str, options: dict, expected: str) -> None:
+    path = tmp_path / "a.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=expected):
+        list(load_json(path, **options))
+
+
+def _bbh(tmp_path: Path, *examples: dict) -> Path:
+    path = tmp_path / "snarks.json"
+    path.write_text(json.dumps({"canary": "BENCHMARK DATA", "examples": list(examples)}), encoding="utf-8")
+    return path
+
+
+def test_bbh_options_parsed_into_choices(tmp_path: Path) -> None:
+    path = _bbh(tmp_path, {"input": "Which is sarcastic?\nOptions:\n(A) Great, rain.\n(B) Nice day.", "target": "(A)"})
+    assert list(load_bbh(path, source_field="subtask")) == [
+        (1, {"input": "Which is sarcastic?\nOptions:\n(A) Great, rain.\n(B) Nice day.", "target": "(A)",
+             "question": "Which is sarcastic?", "choices": ["Great, rain.", "Nice day."], "answer": "A",
+             "answer_index": 0, "subtask": "snarks"})
+    ]
+
+
+@pytest.mark.parametrize(
+    ("example", "expected"),
+    [
+        ({"input": "Q?\nOptions:\n(A) x\n(B) y", "target": "Monsters, Inc"}, "example 1: expected target (A)..(B)"),
+        ({"input": "Q? no options", "target": "(A)"}, "example 1: expected the input to end with 'Options:'"),
+        ({"input": "Q?\nOptions:\n(A) x\n(C) y", "target": "(A)"}, "example 1: expected the input to end"),
+        ({"input": "Q?", "target": 3}, "example 1: expected string fields input and target"),
+    ],
+)
+def test_bbh_malformed_example_names_file_and_index(tmp_path: Path, example: dict, expected: str) -> None:
+    good = {"input": "Q?\nOptions:\n(A) x\n(B) y", "target": "(B)"}
+    path = _bbh(tmp_path, good, example)
+    with pytest.raises(DataError) as info:
+        list(load_bbh(path))
+    assert str(info.value).startswith(f"{path}: {expected}"), str(info.value)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import time
@@ -30,6 +31,16 @@ CONFIG = {
     "doc_to_choice": "{{choices}}",
     "doc_to_target": "label",
 }
+
+
+MC_METRIC_LIST = [
+    {"metric": "acc", "aggregation": "tp_acc", "higher_is_better": True},
+    {"metric": "ece", "aggregation": "tp_ece", "higher_is_better": False},
+    {"metric": "auroc", "aggregation": "tp_auroc", "higher_is_better": True},
+    {"metric": "pr_p", "aggregation": "tp_pr_p", "higher_is_better": True},
+    {"metric": "pr_n", "aggregation": "tp_pr_n", "higher_is_better": True},
+    {"metric": "tp_composite", "aggregation": "tp_composite", "higher_is_better": True},
+]
 
 
 class _FunctionTag:
@@ -124,24 +135,53 @@ def test_exported_yaml_is_a_stock_lm_eval_task_with_the_prompt_as_description(ex
     path = out / f"medqa__tp_{kind}.yaml"
     text = path.read_text(encoding="utf-8")
     assert "custom_dataset: !function medqa_data.load\n" in text.splitlines(keepends=True)
+    assert "process_results: !function medqa_data.process_results\n" in text.splitlines(keepends=True)
     doc = _load_yaml(path)
     assert isinstance(doc["custom_dataset"], _FunctionTag)
     assert doc["custom_dataset"].target == "medqa_data.load"
+    assert doc["process_results"].target == "medqa_data.process_results"
     assert doc["task"] == f"medqa__tp_{kind}"
     assert doc["description"] == prompt + "\n\n"
     assert doc["test_split"] == "test"
     assert doc["metadata"] == {"version": 1.0, "tp_prompt_kind": kind}
-    assert doc["metric_list"] == [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]
+    assert doc["metric_list"] == MC_METRIC_LIST  # ACC and every tp-harness metric of multiple_choice
     for key in ("output_type", "doc_to_text", "doc_to_choice", "doc_to_target"):
         assert doc[key] == CONFIG[key], key
     assert "dataset_path" not in doc
 
 
-def test_exported_yaml_keeps_a_spec_metric_list(tmp_path: Path) -> None:
-    metric_list = [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}]
+def test_exported_yaml_keeps_a_spec_metric_list_after_the_tp_metrics(tmp_path: Path) -> None:
+    metric_list = [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+                   {"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}]
     export_task_yaml(tmp_path, task="t", configs=_configs({**CONFIG, "metric_list": metric_list}, {"best": BEST}), test_docs=DOCS)
-    assert _load_yaml(tmp_path / "t__tp_best.yaml")["metric_list"] == metric_list
+    # acc is a tp-harness metric (computed as the harness does); exact_match stays lm-eval's own
+    assert _load_yaml(tmp_path / "t__tp_best.yaml")["metric_list"] == MC_METRIC_LIST + metric_list[1:]
     assert not (tmp_path / "t__tp_original.yaml").exists()
+
+
+GEN_CONFIG = {**CONFIG, "output_type": "generate_until", "doc_to_target": "{{choices[label]}}",
+              "generation_kwargs": {"until": ["\n\n"], "max_gen_toks": 24}}
+
+
+def test_generate_until_export_adds_ifr_and_the_answer_parser(tmp_path: Path) -> None:
+    fmt = {"parser": "label_confidence", "labels": ["liver", "pancreas"]}
+    export_task_yaml(tmp_path, task="t", configs=_configs(GEN_CONFIG, {"best": BEST}), test_docs=DOCS,
+                     weights={"acc": 0.5, "ifr": 0.5}, answer_format=fmt)
+    names = [m["metric"] for m in _load_yaml(tmp_path / "t__tp_best.yaml")["metric_list"]]
+    assert names == ["acc", "ifr", "ece", "auroc", "pr_p", "pr_n", "tp_composite"]
+    tree = ast.parse((tmp_path / "t_data.py").read_text(encoding="utf-8"))
+    (scoring,) = [ast.literal_eval(node.value) for node in tree.body
+                  if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "SCORING"]
+    assert scoring["output_type"] == "generate_until" and scoring["answer_format"] == fmt
+    assert scoring["weights"] == {"acc": 0.5, "ifr": 0.5}
+    assert scoring["metrics"] == ["acc", "ifr", "ece", "auroc", "pr_p", "pr_n"]
+    assert "description" not in scoring["lm_eval"] and scoring["lm_eval"]["doc_to_target"] == "{{choices[label]}}"
+
+
+def test_generate_until_export_without_a_parser_says_what_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"task 't': generate_until needs answer_format \(the spec's response parser\)"):
+        export_task_yaml(tmp_path, task="t", configs=_configs(GEN_CONFIG, {"best": BEST}), test_docs=DOCS)
+    assert not (tmp_path / "t__tp_best.yaml").exists()
 
 
 def test_exported_docs_round_trip(exported) -> None:

@@ -49,11 +49,13 @@ class Scorer:
     def __init__(self) -> None:
         self.scored: list[tuple[int, str]] = []
 
-    def __call__(self, cands: Sequence[Candidate], step: int) -> list[tuple[dict, dict]]:
+    def __call__(self, cands: Sequence[Candidate], step: int, minibatch: int | None = None) -> list[tuple[dict, dict]]:
         out = []
         for c in cands:
-            self.scored.append((step, c.text))
+            self.scored.append((step, c.text) if minibatch is None else (step, c.text, minibatch))
             composite = len(c.text) % 97 / 100
+            if minibatch is not None:  # a noisy minibatch estimate of the full score
+                composite = round(composite + (len(c.text) % 7 - 3) / 100, 4)
             out.append(({"acc": composite, "composite": composite}, {"split": "optimize"}))
         return out
 
@@ -69,15 +71,15 @@ def _run(*, seed: int = 11, reference: Any = None, recall=None, initial=INITIAL,
     reference = reference if reference is not None else FakeReference()
     history = run_stage(
         stage="target", description="Answer multiple-choice questions.", initial=initial, score=scorer,
-        sink=rows.append, recall=recall or (lambda step, sha: None), reference=reference,
+        sink=rows.append, recall=recall or (lambda step, sha, kind: None), reference=reference,
         exemplars=_exemplars, settings=settings, seed=seed, row_base={"task": "tiny"},
     )
     return rows, history, scorer, reference
 
 
 def _recall_from(journal: list[dict]):
-    def recall(step: int, sha: str) -> dict | None:
-        return next((r for r in journal if r["step"] == step and r["prompt_sha"] == sha), None)
+    def recall(step: int, sha: str, kind: str) -> dict | None:
+        return next((r for r in journal if r["step"] == step and r["prompt_sha"] == sha and r["eval"] == kind), None)
     return recall
 
 
@@ -219,8 +221,8 @@ def test_resume_through_a_real_run_directory(tmp_path, full_run) -> None:
         run.append(row)
     reopened = RunDir.open(run.path)
 
-    def recall(step: int, sha: str) -> dict | None:
-        found = reopened.find(stage="target", task="tiny", step=step, prompt_sha=sha)
+    def recall(step: int, sha: str, kind: str) -> dict | None:
+        found = reopened.find(stage="target", task="tiny", step=step, prompt_sha=sha, eval=kind)
         return found[0] if found else None
 
     history = run_stage(
@@ -267,3 +269,69 @@ def test_complete_steps_come_from_the_journal_without_asking_the_reference_llm(f
     )
     assert reference.calls == [] and scorer.scored == []
     assert [(p.text, p.composite) for p in replay] == [(p.text, p.composite) for p in history]
+
+
+# ----------------------------------------------------------------------------------------------
+# racing (successive halving on minibatches)
+
+RACING = StageSettings(steps=4, num_candidates=4, minibatch=3, promote=1, full_eval_interval=2)
+
+
+@pytest.fixture(scope="module")
+def racing_run() -> tuple[list[dict], list, Scorer, FakeReference]:
+    return _run(settings=RACING)
+
+
+def test_racing_scores_every_candidate_on_the_minibatch_and_promotes_the_best(racing_run) -> None:
+    rows, _history, scorer, _ref = racing_run
+    assert all(r["eval"] == "full" for r in rows if r["step"] == 0)  # the initial prompts anchor the history
+    for step in range(1, RACING.steps + 1):
+        partial = [r for r in rows if r["step"] == step and r["eval"] == "partial"]
+        full = [r for r in rows if r["step"] == step and r["eval"] == "full"]
+        assert len(partial) == RACING.num_candidates
+        # promote 1 per step, plus the periodic full evaluation every 2nd step
+        assert len(full) == (2 if step % 2 == 0 else 1), (step, len(full))
+        best_partial = max(partial, key=lambda r: (r["metrics"]["composite"], -r["candidate_index"]))
+        assert full[0]["prompt_sha"] == best_partial["prompt_sha"]
+    assert all(len(t) == 3 for t in scorer.scored if t[0] > 0 and len(t) == 3)  # minibatch calls carry their size
+
+
+def test_racing_periodic_promotion_takes_the_best_unpromoted_partial_of_any_step(racing_run) -> None:
+    rows, _history, _scorer, _ref = racing_run
+    fully = set()
+    for step in range(0, RACING.steps + 1):
+        full = [r for r in rows if r["step"] == step and r["eval"] == "full"]
+        if step and step % 2 == 0:
+            periodic = full[-1]
+            earlier = [r for r in rows if r["eval"] == "partial" and r["step"] <= step
+                       and r["prompt_sha"] not in fully and r["prompt_sha"] != full[0]["prompt_sha"]]
+            best = max(earlier, key=lambda r: (r["metrics"]["composite"], -r["step"]))
+            assert periodic["prompt_sha"] == best["prompt_sha"]
+        fully |= {r["prompt_sha"] for r in full}
+
+
+def test_racing_history_and_meta_prompt_use_full_scores_only(racing_run) -> None:
+    rows, history, _scorer, ref = racing_run
+    full_shas = {r["prompt_sha"] for r in rows if r["eval"] == "full"}
+    assert {p.sha for p in history} == full_shas
+    assert all(p.row["eval"] == "full" for p in history)
+    partial_only = [r for r in rows if r["eval"] == "partial" and r["prompt_sha"] not in full_shas]
+    assert partial_only, "some candidates must lose the race"
+    assert any(f"text: {INITIAL[0].text}\n" in call["prompt"] for call in ref.calls)  # full ones are shown
+    for call in ref.calls:
+        for r in partial_only:
+            assert f"text: {r['prompt']}\n" not in call["prompt"]
+
+
+def test_racing_resume_reproduces_the_journal(racing_run) -> None:
+    rows, history, _scorer, _ref = racing_run
+    half = rows[: len(rows) // 2]
+    new_rows: list[dict] = []
+    scorer = Scorer()
+    resumed = run_stage(
+        stage="target", description="Answer multiple-choice questions.", initial=INITIAL, score=scorer,
+        sink=new_rows.append, recall=_recall_from(half), reference=FakeReference(), exemplars=_exemplars,
+        settings=RACING, seed=11, row_base={"task": "tiny"},
+    )
+    assert half + new_rows == rows
+    assert [p.sha for p in resumed] == [p.sha for p in history]

@@ -197,7 +197,7 @@ def test_leaderboard_has_one_sorted_table_per_target(results_root: Path) -> None
     assert md.startswith("# tp-harness leaderboard\n")
     assert "ECE" in md and "lower is better" in md and "n/a" in md
     headings = [line for line in md.splitlines() if line.startswith("## ")]
-    assert headings == ["## financial_phrasebank", "## legalbench_hearsay"]
+    assert headings == ["## Overview", "## financial_phrasebank", "## legalbench_hearsay", "## Runs"]
 
     fpb = _table_rows(md, "## financial_phrasebank")
     assert [(r[0], r[1], r[3]) for r in fpb] == [
@@ -207,11 +207,15 @@ def test_leaderboard_has_one_sorted_table_per_target(results_root: Path) -> None
         ("embedded:smollm2-135m", "run-a", "best source"),
         ("embedded:smollm2-135m", "run-a", "best target"),
     ]
-    # columns: model run mode prompt ACC IFR ECE AUROC PR-P PR-N composite n
+    # columns: model run mode prompt ACC IFR ECE AUROC PR-P PR-N composite "ACC 95% CI" "composite 95% CI" n
     assert fpb[0][2:] == ["no_transfer", "original", "0.520", "0.500", "0.200", "0.600", "0.400", "0.700"] + [
         "0.500",
+        "n/a",  # run-b has no samples files: no bootstrap interval
+        "n/a",
         "8",
     ]
+    assert fpb[2][11].startswith("[") and fpb[2][12] == "n/a"  # ACC CI from samples; the composite CI needs
+    # the stored composite to be reproducible from the samples, which the hand-written 0.5 is not
     assert fpb[4][4:8] == ["0.450", "n/a", "0.200", "n/a"]  # multiple_choice IFR and undefined AUROC
     assert all(r[5] == "n/a" for r in fpb if r[1] == "run-a")
     assert "0.999" not in md  # the validation-split evaluation is not a leaderboard row
@@ -229,7 +233,7 @@ def test_leaderboard_regeneration_is_byte_identical_and_lists_skipped(results_ro
     first_path = write_leaderboard(results_root)
     assert first_path == results_root / "LEADERBOARD.md"
     first = first_path.read_bytes()
-    second_path = write_leaderboard(results_root, results_root / "copy" / "BOARD.md")
+    second_path = write_leaderboard(results_root, results_root / "BOARD.md")
     assert second_path.read_bytes() == first
     assert write_leaderboard(results_root).read_bytes() == first
     text = first.decode("utf-8")
@@ -250,7 +254,7 @@ def test_write_run_report_writes_report_and_plots(results_root: Path) -> None:
     run_dir = results_root / "runs" / "run-a"
     written = write_run_report(run_dir)
     names = [p.name for p in written]
-    assert names == ["report.md", "trajectory.png", "reliability.png"]
+    assert names == ["report.md", "trajectory.png", "reliability.png", "metrics.png"]
     for png in written[1:]:
         data = png.read_bytes()
         assert data.startswith(PNG_MAGIC)
@@ -266,6 +270,7 @@ def test_write_run_report_writes_report_and_plots(results_root: Path) -> None:
     assert "| embedded:smollm2-135m | run-a | two_stage | best target | 0.450 | n/a" in report
     assert "![Best composite per step](trajectory.png)" in report
     assert "(reliability.png)" in report
+    assert "## Metrics before and after" in report and "](metrics.png)" in report
     assert "[financial_phrasebank__tp_best.yaml](lm_eval_tasks/financial_phrasebank__tp_best.yaml)" in report
     assert (
         "lm-eval run --model hf --model_args pretrained=/models/smollm2-fp32,dtype=float32 --device cpu "
@@ -279,7 +284,7 @@ def test_write_run_report_writes_report_and_plots(results_root: Path) -> None:
 def test_write_run_report_skips_missing_inputs_with_notes(results_root: Path) -> None:
     run_dir = results_root / "runs" / "run-b"  # no config, journal, best prompts, samples or exports
     written = write_run_report(run_dir)
-    assert written == [run_dir / "report.md"]
+    assert written == [run_dir / "report.md", run_dir / "metrics.png"]  # metrics come from results.json alone
     assert not (run_dir / "trajectory.png").exists() and not (run_dir / "reliability.png").exists()
     report = written[0].read_text(encoding="utf-8")
     assert "_Skipped: journal.jsonl is missing" in report
@@ -297,7 +302,7 @@ def test_write_run_report_empty_journal_skips_only_trajectory(results_root: Path
     run_dir = results_root / "runs" / "run-a"
     (run_dir / "journal.jsonl").write_text("", encoding="utf-8")
     written = write_run_report(run_dir)
-    assert [p.name for p in written] == ["report.md", "reliability.png"]
+    assert [p.name for p in written] == ["report.md", "reliability.png", "metrics.png"]
     assert "_Skipped: journal.jsonl is missing or has no scored" in written[0].read_text(encoding="utf-8")
 
 
@@ -342,12 +347,16 @@ def test_reliability_bins_mean_confidence_and_accuracy() -> None:
 def test_builtin_reporters_register_and_write(results_root: Path) -> None:
     registry: Registry[ReporterDef] = Registry("reporter", ReporterDef)
     tp_register_reporters(registry)
-    assert registry.names() == ["markdown-report", "leaderboard"]
+    assert registry.names() == ["plots", "markdown-report", "leaderboard"]
     assert all(registry.get(n).description for n in registry.names())
     run_dir = results_root / "runs" / "run-a"
     results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    plots = registry.get("plots").write(run_dir, results, results_root=results_root)
+    assert plots and all(p.parent == run_dir and p.read_bytes().startswith(PNG_MAGIC) for p in plots)
     report_paths = registry.get("markdown-report").write(run_dir, results, results_root=results_root)
-    assert report_paths[0] == run_dir / "report.md" and report_paths[0].is_file()
+    assert report_paths == [run_dir / "report.md"] and report_paths[0].is_file()  # links the plots, draws none
+    report = report_paths[0].read_text(encoding="utf-8")
+    assert all(f"]({p.name})" in report for p in plots)
     board = registry.get("leaderboard").write(run_dir, results, results_root=results_root)
     assert board == [results_root / "LEADERBOARD.md"]
     assert "## financial_phrasebank" in board[0].read_text(encoding="utf-8")

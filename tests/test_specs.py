@@ -14,17 +14,31 @@ from lm_eval.utils import apply_template
 from tp_harness.data import load_docs, split_docs, tp_register_tasks
 from tp_harness.errors import SpecError
 from tp_harness.hookspecs import Registry, TaskSourceDef
-from tp_harness.specs import BUILTIN_SPEC_DIR, discover_specs, load_spec
+from tp_harness.spec_yaml import FunctionRef
+from tp_harness.specs import BUILTIN_SPEC_DIR, LM_EVAL_LOADER, discover_specs, load_spec
 
 SHIPPED = {
     "logiqa": ("general", "source", (64, 64, 128)),
     "mmlu_general": ("general", "source", (64, 64, 128)),
+    "mmlu_law": ("legal", "both", (64, 64, 128)),
+    "mmlu_medicine": ("medical", "both", (64, 64, 128)),
+    "mmlu_finance": ("financial", "both", (64, 64, 128)),
     "medqa_usmle": ("medical", "target", (64, 64, 128)),
     "medmcqa": ("medical", "target", (64, 64, 128)),
+    "pubmedqa": ("medical", "target", (64, 64, 128)),
     "financial_phrasebank": ("financial", "target", (64, 64, 128)),
     "legalbench_hearsay": ("legal", "target", (25, 25, 50)),
+    "legalbench_abercrombie": ("legal", "target", (25, 25, 50)),
+    "legalbench_proa": ("legal", "target", (25, 25, 50)),
+    "legalbench_diversity_1": ("legal", "target", (25, 25, 50)),
+    "legalbench_personal_jurisdiction": ("legal", "target", (12, 12, 30)),
     "commonsenseqa": ("general", "source", (64, 64, 128)),
+    "arc_challenge": ("general", "source", (64, 64, 128)),
+    "bbh_mc": ("general", "source", (64, 64, 128)),
+    "gsm8k": ("general", "source", (64, 64, 128)),
 }
+#: Tasks without a fixed set of choices: scored by generation only.
+GENERATE_ONLY = {"gsm8k"}
 
 
 @pytest.fixture(scope="module")
@@ -49,37 +63,51 @@ def test_shipped_spec_loads_and_its_docs_split(name: str, sources: Registry[Task
     domain, role, sizes = SHIPPED[name]
     spec = load_spec(BUILTIN_SPEC_DIR / f"{name}.yaml")
     assert (spec.name, spec.tp.domain, spec.tp.role) == (name, domain, role)
-    assert spec.modes == ["multiple_choice", "generate_until"]
-    assert spec.tp.gates and spec.tp.description and spec.tp.instruction
+    generate_only = name in GENERATE_ONLY
+    assert spec.modes == (["generate_until"] if generate_only else ["multiple_choice", "generate_until"])
+    assert spec.tp.gates and spec.tp.description and spec.tp.instruction and spec.tp.license
+    # runnable in stock lm-eval: the data come through tp-harness's custom_dataset, tp sits under metadata
+    assert str(spec.lm_eval["custom_dataset"]) == f"!function {LM_EVAL_LOADER}"
+    assert spec.lm_eval["test_split"] == "test" and "tp" not in spec.lm_eval["metadata"]
     docs = load_docs(spec, sources)
     splits = split_docs(spec, docs)
     assert tuple(len(splits[s]) for s in ("optimize", "validation", "test")) == sizes
     ids = {id(doc) for split in splits.values() for doc in split}
     assert len(ids) == sum(sizes)
 
-    mc = spec.lm_eval_config()
+    mc = None if generate_only else spec.lm_eval_config()
     gen = spec.lm_eval_config("generate_until")
     for config, mode in ((mc, "multiple_choice"), (gen, "generate_until")):
+        if config is None:
+            continue
         assert config["output_type"] == mode
         assert config["task"] == name
         assert "answer_format" not in config
         assert config["description"] == spec.tp.instruction + "\n\n"
         TaskConfig(**config)  # lm-eval accepts every field
-    assert spec.answer_format() is None
     answer_format = spec.answer_format("generate_until")
-    assert answer_format is not None and answer_format.labels
+    assert answer_format is not None
+    if not generate_only:
+        assert spec.answer_format() is None
 
     for doc in splits["test"][:16]:
-        # multiple_choice: the gold index points at a non-empty option text or label word
-        choices = mc["doc_to_choice"]
-        if isinstance(choices, str):
-            choices = ast.literal_eval(apply_template(choices, doc))
-        target = apply_template(mc["doc_to_target"], doc)
-        assert target.isdigit() and 0 <= int(target) < len(choices)
-        assert all(isinstance(c, str) and c.strip() for c in choices)
-        assert apply_template(mc["doc_to_text"], doc).strip()
-        # generate_until: the gold answer is one of the parser's labels; the prompt asks for the protocol
-        assert apply_template(gen["doc_to_target"], doc) in answer_format.labels
+        gold = apply_template(gen["doc_to_target"], doc)
+        if mc is not None:
+            # multiple_choice: the gold index points at a non-empty option text or label word
+            choices = mc["doc_to_choice"]
+            if isinstance(choices, str):
+                choices = ast.literal_eval(apply_template(choices, doc))
+            target = apply_template(mc["doc_to_target"], doc)
+            assert target.isdigit() and 0 <= int(target) < len(choices)
+            assert all(isinstance(c, str) and c.strip() for c in choices)
+            assert apply_template(mc["doc_to_text"], doc).strip()
+            # letters without fixed labels: A.. as many as the doc has choices (the evaluator's rule)
+            letters = [chr(ord("A") + i) for i in range(len(choices))]
+        # generate_until: the gold answer is one the parser can read; the prompt asks for the protocol
+        if answer_format.parser == "number_confidence":
+            assert re.fullmatch(r"-?[\d,]+(\.\d+)?", gold), gold
+        else:
+            assert gold in (answer_format.labels or letters)
         prompt = apply_template(gen["doc_to_text"], doc)
         assert "Answer: <" in prompt and "Confidence: <0-100>%" in prompt
 
@@ -109,7 +137,7 @@ def test_shipped_data_is_byte_identical_to_its_notice() -> None:
                 content = file.read_bytes()
                 assert (len(content), hashlib.sha256(content).hexdigest()) == listed[local]
                 checked += 1
-    assert checked >= 18
+    assert checked >= 45
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,3 +375,63 @@ def test_discover_across_directories_and_missing_directory(tmp_path: Path) -> No
         discover_specs([BUILTIN_SPEC_DIR, tmp_path])
     with pytest.raises(SpecError, match="task spec directory not found"):
         discover_specs([tmp_path / "absent"])
+
+
+# ----------------------------------------------------------------------------------------------
+# the form stock lm-eval runs: tp under metadata, data through tp-harness's custom_dataset
+
+LM_EVAL_HEAD = (
+    "custom_dataset: !function tp_harness.lm_eval_dataset.load\n"
+    "training_split: optimize\n"
+    "validation_split: validation\n"
+    "test_split: test\n"
+)
+
+
+def nested(text: str) -> str:
+    """MINIMAL with its tp block moved under ``metadata:`` and lm-eval's dataset fields added."""
+    head, tp = text.split("tp:\n", 1)
+    body = "".join("  " + line if line.strip() else line for line in tp.splitlines(keepends=True))
+    return head + LM_EVAL_HEAD + "metadata:\n  version: 1.0\n  tp:\n" + body
+
+
+def test_tp_block_under_metadata_loads_like_the_top_level_one(tmp_path: Path) -> None:
+    top = load_spec(write_spec(tmp_path, MINIMAL, name="top.yaml"))
+    spec = load_spec(write_spec(tmp_path, nested(MINIMAL), name="nested.yaml"))
+    assert spec.tp == top.tp
+    assert spec.lm_eval["custom_dataset"] == FunctionRef(LM_EVAL_LOADER)
+    assert spec.lm_eval["metadata"] == {"version": 1.0}  # the tp block is not an lm-eval field
+    assert spec.line_of("tp.splits.test") == 20 and spec.line_of("metadata.tp.splits.test") == 20
+    config = spec.lm_eval_config()
+    assert config["test_split"] == "test" and "tp" not in config["metadata"]
+    TaskConfig(**config)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("test: 1}", "test: 0}", "20: tp.splits.test: expected a number >= 1, got integer 0"),
+        ("role: target", "role: targett", "14: tp.role: expected 'source', 'target' or 'both'"),
+        # a missing split is named
+        ("validation: 1, test: 1}", "validation: 1}", "20: tp.splits.test: missing required field"),
+        ("test_split: test", "test_split: dev", "9: test_split: no split 'dev': tp_harness.lm_eval_dataset.load "
+         "returns optimize, validation, test"),
+        ("validation_split: validation\ntest_split: test\n", "",
+         "6: custom_dataset: missing test_split: lm-eval scores no split"),
+        ("metadata:\n", "tp: {}\nmetadata:\n", "13: metadata.tp: the tp block is given twice (also at the "
+         "top level, line 10); keep one"),
+    ],
+)
+def test_nested_spec_errors_name_line_and_field(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    text = nested(MINIMAL)
+    assert old in text
+    path = write_spec(tmp_path, text.replace(old, new, 1))
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value).startswith(f"{path}:{expected}"), str(info.value)
+
+
+def test_function_tag_is_kept_as_a_reference(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, MINIMAL.replace("tp:\n", "process_docs: !function utils.process\ntp:\n")))
+    assert spec.lm_eval["process_docs"] == FunctionRef("utils.process")
+    assert str(spec.lm_eval["process_docs"]) == "!function utils.process"

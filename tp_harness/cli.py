@@ -1,6 +1,6 @@
 """The ``tp-harness`` command line (also ``python -m tp_harness``).
 
-Subcommands: optimize, evaluate, leaderboard, tasks, models, plugins. This is a wiring point: it
+Subcommands: optimize, evaluate, sweep, leaderboard, tasks, models, plugins, cache. This is a wiring point: it
 parses flags, builds the plugin registries, shows progress bars and prints results. A deliberate
 error (``TpHarnessError``) is printed as one message without a traceback, with its exit code
 (2 for bad specs, data and usage).
@@ -19,10 +19,11 @@ from .errors import TpHarnessError
 log = logging.getLogger("tp_harness")
 
 
-def _tqdm_progress(label: str, total: int):
+def _tqdm_progress(label: str, total: int, *, position: int | None = None, leave: bool = True):
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=label, unit="cand", dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=total, desc=label, unit="cand", dynamic_ncols=True, file=sys.stderr, position=position,
+               leave=leave)
 
     class _Bar:
         def advance(self, n: int = 1, *, step: int | None = None, best: float | None = None, unused: int = 0) -> None:
@@ -44,7 +45,10 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-args", default="", help="key=value,... for the backend, e.g. pretrained=/path/to/model")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="weights dtype for hf/embedded models (bfloat16 is 1.3-2x faster on CPU)")
-    p.add_argument("--batch-size", default="16", help="requests per forward pass (default 16)")
+    p.add_argument("--batch-size", default="auto",
+                   help="requests per forward pass: a number, or auto (default: 16 on CPU, lm-eval's probe on a GPU)")
+    p.add_argument("--no-cache", dest="cache", action="store_false",
+                   help="do not read or write the response cache ($TP_CACHE_DIR/responses.sqlite)")
     p.add_argument("--specs", action="append", default=[], metavar="DIR",
                    help="extra directory of task spec YAML files (repeatable)")
     p.add_argument("--scoring-mode", choices=["multiple_choice", "generate_until"], default=None,
@@ -72,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"source tasks for stage 1 (default {','.join(DEFAULT_SOURCES)})")
     o.add_argument("--target", "--targets", dest="targets", type=_csv, default=list(DEFAULT_TARGETS),
                    help=f"target task(s) for stage 2 (default {','.join(DEFAULT_TARGETS)})")
-    o.add_argument("--budget", default="light", choices=["smoke", "light", "medium", "heavy"],
+    o.add_argument("--budget", default="light", choices=["smoke", "sweep", "light", "medium", "heavy"],
                    help="search size: smoke (CI, ~2 min), light (default main job), medium, heavy")
     o.add_argument("--seed", type=int, default=0)
     mode = o.add_mutually_exclusive_group()
@@ -97,14 +101,59 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=None, help="evaluate only the first N docs of the split")
     e.add_argument("--show-samples", type=int, default=0, metavar="N", help="print the first N sample records")
 
-    lb = sub.add_parser("leaderboard", help="rebuild the markdown leaderboard from stored results.json files")
-    lb.add_argument("results_dir", nargs="?", default="results", type=Path)
-    lb.add_argument("-o", "--output", type=Path, default=None, help="default RESULTS_DIR/LEADERBOARD.md")
+    from .backends import DEFAULT_MODEL
+    from .optimizer.budget import BUDGETS
 
-    t = sub.add_parser("tasks", help="list task specs")
-    t.add_argument("--specs", action="append", default=[], metavar="DIR")
+    sw = sub.add_parser("sweep", help="one optimization per (model, target, mode), resumable, then the leaderboard",
+                        description="Runs one optimization per (model, target task, mode) with run ids "
+                                    "sweep-<model>-<target>-<mode>-<budget>-s<seed>: a finished run is skipped, an "
+                                    "interrupted one resumed from its journal, then the leaderboard is rebuilt.")
+    sw.add_argument("--models", type=_csv, default=[DEFAULT_MODEL],
+                    help=f"scorer LLMs, comma-separated (default {DEFAULT_MODEL})")
+    sw.add_argument("--model-args", default="", help="key=value,... for every model's backend")
+    sw.add_argument("--targets", "--tasks", dest="targets", type=_csv, default=list(DEFAULT_TARGETS),
+                    help=f"target tasks, comma-separated (default {','.join(DEFAULT_TARGETS)})")
+    sw.add_argument("--sources", type=_csv, default=list(DEFAULT_SOURCES),
+                    help=f"source tasks for stage 1 (default {','.join(DEFAULT_SOURCES)})")
+    sw.add_argument("--modes", type=_csv, default=["two_stage"],
+                    help="two_stage (the paper's setup), no_transfer, source_only; comma-separated (default two_stage)")
+    sw.add_argument("--budget", default="smoke", choices=list(BUDGETS),
+                    help="search size of every run (default smoke)")
+    sw.add_argument("--seed", type=int, default=0)
+    sw.add_argument("--results-dir", default="results", help="where runs/ and LEADERBOARD.md live (default results)")
+    sw.add_argument("--reference-model", default=None,
+                    help="reference LLM of every run (default: the scorer; embedded:smollm2-135m for a scorer "
+                         "without a chat template)")
+    sw.add_argument("--reference-model-args", default=None)
+    sw.add_argument("--reference-share", type=float, default=0.5)
+    sw.add_argument("--scoring-mode", choices=["multiple_choice", "generate_until"], default=None)
+    sw.add_argument("--specs", action="append", default=[], metavar="DIR")
+    sw.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    sw.add_argument("--batch-size", default="16")
+    sw.add_argument("--no-cache", dest="cache", action="store_false", help="do not use the response cache")
+
+    lb = sub.add_parser("leaderboard", help="rebuild the leaderboard from stored results.json files",
+                        description="Markdown (overview, per-dataset tables with bootstrap CIs, ablations, runs "
+                                    "and plots), CSV or JSON, rebuilt from stored files; no model is run.")
+    lb.add_argument("results_dir", nargs="?", default="results", type=Path)
+    lb.add_argument("--format", dest="fmt", default="md", choices=["md", "csv", "json"],
+                    help="md (default; writes the file and its figures), csv or json (printed unless -o)")
+    lb.add_argument("-o", "--output", type=Path, default=None,
+                    help="default RESULTS_DIR/LEADERBOARD.md for md; standard output for csv and json")
+
+    t = sub.add_parser("tasks", help="list task specs: domain, role, modes, split sizes, license and its flags")
+    t.add_argument("--specs", action="append", default=[], metavar="DIR",
+                   help="extra directory of task spec YAML files (repeatable)")
     sub.add_parser("models", help="list model backends and the embedded model zoo")
-    sub.add_parser("plugins", help="list registered plugins and what they provide")
+    pl = sub.add_parser("plugins", help="list registered plugins and what they provide",
+                        description="Every registered task source, metric, backend, optimizer and reporter, with the "
+                                    "plugin, distribution and version it comes from. TP_HARNESS_PLUGINS=a,b loads only "
+                                    "those external plugins (\"\" none); TP_HARNESS_TRACE_PLUGINS=1 traces hook calls.")
+    pl.add_argument("--format", choices=["table", "json"], default="table", help="output format (default table)")
+    c = sub.add_parser("cache", help="the response cache: stats or clear")
+    c.add_argument("action", choices=["stats", "clear"])
+    c.add_argument("--model", default=None, metavar="MODEL_KEY", help="clear only this model's entries (see stats)")
+    c.add_argument("--cache-dir", type=Path, default=None, help="default $TP_CACHE_DIR or ~/.cache/tp_harness")
     return parser
 
 
@@ -148,7 +197,7 @@ def _cmd_optimize(args) -> int:
         budget=args.budget, seed=args.seed,
         mode="no_transfer" if args.no_transfer else "source_only" if args.source_only else "two_stage",
         optimizer=args.optimizer, scoring_mode=args.scoring_mode, results_dir=str(args.results_dir),
-        spec_dirs=args.specs, dtype=args.dtype, batch_size=args.batch_size, run_id=args.run_id,
+        spec_dirs=args.specs, dtype=args.dtype, batch_size=args.batch_size, run_id=args.run_id, cache=args.cache,
         reference_share=args.reference_share,
     )
 
@@ -198,7 +247,8 @@ def _cmd_evaluate(args) -> int:
             return 2
     prep, ev = evaluate_prompt(task=args.task, registries=_registries(), prompt=prompt, model=args.model,
                                model_args=args.model_args, split=args.split, scoring_mode=args.scoring_mode,
-                               limit=args.limit, spec_dirs=args.specs, dtype=args.dtype, batch_size=args.batch_size)
+                               limit=args.limit, spec_dirs=args.specs, dtype=args.dtype, batch_size=args.batch_size,
+                               cache=args.cache)
     from tabulate import tabulate
 
     m = ev.metrics
@@ -206,16 +256,63 @@ def _cmd_evaluate(args) -> int:
     print(f"instruction: {ev.instruction}")
     print(tabulate([[_fmt(m.get(k)) for k in ("acc", "ifr", "ece", "auroc", "pr_p", "pr_n", "composite")]],
                    headers=["ACC", "IFR", "ECE", "AUROC", "PR-P", "PR-N", "composite"], tablefmt="github"))
+    extra = [k for k in m if k not in ("acc", "ifr", "ece", "auroc", "pr_p", "pr_n", "composite")]
+    if extra:  # metrics that plugins registered
+        print("other metrics: " + ", ".join(f"{k}={_fmt(m[k])}" for k in extra))
     for r in ev.records[: args.show_samples]:
         print(f"- doc {r.doc_id}: answer={r.parsed_answer!r} gold={r.gold!r} conf={_fmt(r.confidence)} "
               f"correct={r.correct} response={r.response[:80]!r}")
     return 0
 
 
-def _cmd_leaderboard(args) -> int:
-    from .report import write_leaderboard
+def _cmd_sweep(args) -> int:
+    from tqdm.auto import tqdm
 
-    path = write_leaderboard(args.results_dir, args.output)
+    from .sweep import SweepSettings, plan_sweep, run_sweep
+
+    settings = SweepSettings(
+        models=args.models, targets=args.targets, modes=args.modes, sources=args.sources, budget=args.budget,
+        seed=args.seed, results_dir=str(args.results_dir), model_args=args.model_args,
+        reference_model=args.reference_model, reference_model_args=args.reference_model_args,
+        reference_share=args.reference_share, scoring_mode=args.scoring_mode, spec_dirs=args.specs,
+        dtype=args.dtype, batch_size=args.batch_size, cache=args.cache,
+    )
+    plan = plan_sweep(settings)
+    print(f"sweep: {len(plan)} runs ({len(args.models)} models x {len(args.targets)} targets x "
+          f"{len(args.modes)} modes), budget {args.budget}, seed {args.seed}, results in {args.results_dir}",
+          file=sys.stderr)
+    outer = tqdm(total=len(plan), desc="sweep", unit="run", dynamic_ncols=True, file=sys.stderr, position=0)
+
+    def on_item(item, event: str) -> None:
+        if event in ("run", "resume"):
+            outer.set_postfix_str(f"{'resuming' if event == 'resume' else 'running'} {item.run_id}")
+        if event in ("skip", "done", "failed"):
+            outer.update(1)
+        if event == "failed":
+            outer.write(f"failed: {item.run_id} (see the error below)", file=sys.stderr)
+
+    def inner(label: str, total: int):
+        return _tqdm_progress(label, total, position=1, leave=False)
+
+    try:
+        outcome = run_sweep(settings, _registries(), on_item=on_item, run_progress=inner)
+    finally:
+        outer.close()
+    print(f"sweep done: {len(outcome.executed)} run, {len(outcome.resumed)} resumed, "
+          f"{len(outcome.skipped)} already finished, {len(outcome.failed)} failed")
+    for run_id, message in outcome.failed:
+        print(f"tp-harness: error: run {run_id}: {message}", file=sys.stderr)
+    print(f"leaderboard: {outcome.leaderboard}")
+    return 1 if outcome.failed else 0
+
+
+def _cmd_leaderboard(args) -> int:
+    from .leaderboard import render_leaderboard, write_leaderboard
+
+    if args.fmt != "md" and args.output is None:
+        sys.stdout.write(render_leaderboard(args.results_dir, fmt=args.fmt))
+        return 0
+    path = write_leaderboard(args.results_dir, args.output, fmt=args.fmt)
     print(f"wrote {path}")
     return 0
 
@@ -233,9 +330,9 @@ def _cmd_tasks(args) -> int:
         s = spec.tp.splits
         lic = spec.tp.license
         rows.append([name, spec.tp.domain, spec.tp.role, ",".join(spec.modes), f"{s.optimize}/{s.validation}/{s.test}",
-                     (lic.name + (f" ({', '.join(lic.flags)})" if lic.flags else "")) if lic else "", str(path)])
-    print(tabulate(rows, headers=["task", "domain", "role", "modes", "optimize/validation/test", "license", "spec"],
-                   tablefmt="github"))
+                     lic.name if lic else "", ", ".join(lic.flags) if lic else "", str(path)])
+    print(tabulate(rows, headers=["task", "domain", "role", "modes", "optimize/validation/test", "license", "flags",
+                                  "spec"], tablefmt="github"))
     return 0
 
 
@@ -248,25 +345,53 @@ def _cmd_models(args) -> int:
     print(tabulate([[e.name, e.plugin, e.item.description] for e in regs.backends.entries()],
                    headers=["backend", "plugin", "description"], tablefmt="github"))
     print()
-    print(tabulate([[f"embedded:{m.name}", f"{m.package}=={m.version}", m.license, m.description] for m in ZOO.values()],
+    print(tabulate([[f"embedded:{m.name}", m.packages_text, m.license, m.description] for m in ZOO.values()],
                    headers=["embedded model", "package", "license", "description"], tablefmt="github"))
     return 0
 
 
 def _cmd_plugins(args) -> int:
+    import json
+
     from tabulate import tabulate
 
     regs = _registries()
-    rows = []
+    items = []
     for kind in ("tasks", "metrics", "backends", "optimizers", "reporters"):
         for e in getattr(regs, kind).entries():
-            rows.append([kind[:-1], e.name, e.plugin, "yes" if e.plugin.startswith("tp_harness.") else "no"])
-    print(tabulate(rows, headers=["kind", "name", "plugin", "built-in"], tablefmt="github"))
+            items.append({"kind": kind[:-1], "name": e.name, "plugin": e.plugin, "distribution": e.dist,
+                          "version": e.version, "builtin": e.builtin,
+                          "description": getattr(e.item, "description", "")})
+    if args.format == "json":
+        print(json.dumps(items, indent=2))
+        return 0
+    rows = [[i["kind"], i["name"], i["plugin"], i["distribution"] or "-", i["version"] or "-",
+             "yes" if i["builtin"] else "no"] for i in items]
+    print(tabulate(rows, headers=["kind", "name", "plugin", "distribution", "version", "built-in"],
+                   tablefmt="github"))
     return 0
 
 
-_COMMANDS = {"optimize": _cmd_optimize, "evaluate": _cmd_evaluate, "leaderboard": _cmd_leaderboard,
-             "tasks": _cmd_tasks, "models": _cmd_models, "plugins": _cmd_plugins}
+def _cmd_cache(args) -> int:
+    from tabulate import tabulate
+
+    from .backends.cache import open_cache
+
+    cache = open_cache(args.cache_dir)
+    if args.action == "clear":
+        n = cache.clear(args.model)
+        print(f"deleted {n} cached responses{' of model ' + args.model if args.model else ''} from {cache.path}")
+        return 0
+    info = cache.summary()
+    print(f"{info['path']}: {info['entries']} responses, {info['bytes'] / 1e6:.1f} MB")
+    if info["by_model"]:
+        print(tabulate([[r["model"], r["request_type"], r["entries"]] for r in info["by_model"]],
+                       headers=["model key", "request type", "entries"]))
+    return 0
+
+
+_COMMANDS = {"optimize": _cmd_optimize, "evaluate": _cmd_evaluate, "sweep": _cmd_sweep, "leaderboard": _cmd_leaderboard,
+             "tasks": _cmd_tasks, "models": _cmd_models, "plugins": _cmd_plugins, "cache": _cmd_cache}
 
 if __name__ == "__main__":
     sys.exit(main())

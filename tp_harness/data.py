@@ -1,12 +1,13 @@
 """Task sources and splits: read a task's data files into row dicts, and cut them into splits.
 
-Owns the built-in data formats (``jsonl``, ``csv``, ``tsv``, ``logiqa``, ``phrasebank``), registered
-through the ``tp_register_tasks`` hook exactly as a third-party format would be, and the seeded
-optimize / validation / test split. It renders no prompt and builds no lm-eval task: rows go to the
+Owns the built-in data formats (``jsonl``, ``csv``, ``tsv``, ``logiqa``, ``phrasebank``, ``json``,
+``bbh``), registered through the ``tp_register_tasks`` hook exactly as a third-party format would be,
+and the seeded optimize / validation / test split. It renders no prompt and builds no lm-eval task: rows go to the
 evaluator as plain dicts that the spec's lm-eval templates (``doc_to_text`` ...) read.
 
 Every loader has the shape ``load(path, **options) -> Iterator[(line_number, row)]`` with 1-based line
-numbers, and raises :class:`~tp_harness.errors.DataError` naming the file and line of a malformed row.
+numbers (for a JSON document, which has no row lines: the record's 1-based position), and raises
+:class:`~tp_harness.errors.DataError` naming the file and line (or record) of a malformed row.
 """
 
 from __future__ import annotations
@@ -283,6 +284,101 @@ def load_phrasebank(
         yield number, {"sentence": sentence.strip(), "label": label}
 
 
+def load_json(
+    path: Path, *, records: str | None = None, key_field: str | None = None, encoding: str = "utf-8"
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield the records of one JSON document: a list of objects, or a mapping of id -> object.
+
+    A JSON document has no row lines, so the number yielded with each row is its 1-based position in
+    the records, and a malformed record is named by its index (list) or key (mapping).
+
+    :param records: dotted key of the records inside the document (``examples`` for BBH's
+        ``{"canary": ..., "examples": [...]}``); default: the document itself.
+    :param key_field: for a mapping of id -> object (PubMedQA's ``{"<pmid>": {...}}``), store each id
+        under this field; required for a mapping, refused for a list.
+    :param encoding: text encoding of the file.
+    :raises DataError: the JSON is invalid (with its line), ``records`` is missing, or a record is not an
+        object.
+    """
+    text = _read_text(path, encoding).removeprefix("\ufeff")
+    try:
+        found: Any = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(
+            path, f"expected a JSON document, got invalid JSON ({err.msg} at column {err.colno})", line=err.lineno
+        ) from None
+    for part in records.split(".") if records else []:
+        if not isinstance(found, dict) or part not in found:
+            raise DataError(path, f"expected the records under key {records!r}, found no {part!r}")
+        found = found[part]
+    if isinstance(found, dict):
+        if not key_field:
+            raise DataError(path, "expected a list of records, got a mapping of id -> record; set option key_field")
+        items: list[tuple[str, Any]] = [(str(k), v) for k, v in found.items()]
+    elif isinstance(found, list):
+        if key_field:
+            raise DataError(path, "option key_field applies to a mapping of id -> record, got a list")
+        items = [(str(i), v) for i, v in enumerate(found)]
+    else:
+        raise DataError(path, f"expected a list or mapping of records, got {type(found).__name__} {_short(found)}")
+    for number, (key, value) in enumerate(items, start=1):
+        if not isinstance(value, dict):
+            raise DataError(path, f"record {key}: expected a JSON object, got {type(value).__name__} {_short(value)}")
+        row = dict(value)
+        if key_field:
+            row[key_field] = key
+        yield number, row
+
+
+_BBH_OPTIONS = "\nOptions:\n"
+_BBH_OPTION = re.compile(r"^\(([A-Z])\)\s?(.*)$")
+
+
+def load_bbh(
+    path: Path, *, source_field: str | None = None, encoding: str = "utf-8"
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield BIG-Bench Hard multiple-choice examples from a ``{"canary", "examples": [...]}`` file.
+
+    Each example's ``input`` ends with ``Options:`` and lines ``(A) text``; ``target`` is ``(X)``. Rows are
+    ``{"input", "target", "question", "choices", "answer", "answer_index"}``: ``question`` is the input
+    before ``Options:``, ``choices`` the option texts in order, ``answer`` the letter and ``answer_index``
+    its position. Only BBH's multiple-choice tasks have this shape (date_understanding, snarks, ...).
+    The number yielded with a row is its 1-based index in ``examples``.
+
+    :param source_field: if set, add this field holding the file's stem (the BBH task name).
+    :param encoding: text encoding of the file.
+    :raises DataError: an example has no options block, letters that are not A, B, C... in order, or a
+        target that is not one of its option letters (names the file and the example's index).
+    """
+    for number, row in load_json(path, records="examples", encoding=encoding):
+        where = f"example {number - 1}"
+        text, target = row.get("input"), row.get("target")
+        if not isinstance(text, str) or not isinstance(target, str):
+            raise DataError(path, f"{where}: expected string fields input and target, got {_short(row)}")
+        question, sep, block = text.rpartition(_BBH_OPTIONS)
+        matches = [_BBH_OPTION.match(line) for line in block.splitlines() if line.strip()]
+        letters = [m.group(1) if m else None for m in matches]
+        if not sep or not letters or letters != [chr(ord("A") + i) for i in range(len(letters))]:
+            raise DataError(
+                path, f"{where}: expected the input to end with 'Options:' and lines (A) .. in order, "
+                f"got {_short(block or text)}"
+            )
+        answer = target.strip().removeprefix("(").removesuffix(")")
+        if answer not in letters:
+            raise DataError(path, f"{where}: expected target (A)..({letters[-1]}), got {_short(target)}")
+        out: dict[str, Any] = {
+            "input": text,
+            "target": target,
+            "question": question.strip(),
+            "choices": [m.group(2).strip() for m in matches if m],
+            "answer": answer,
+            "answer_index": letters.index(answer),
+        }
+        if source_field:
+            out[source_field] = path.stem
+        yield number, out
+
+
 @hookimpl
 def tp_register_tasks(registry: Registry[TaskSourceDef]) -> None:
     """Register the built-in data formats."""
@@ -311,6 +407,22 @@ def tp_register_tasks(registry: Registry[TaskSourceDef]) -> None:
             load=load_phrasebank,
             description="Financial PhraseBank 'sentence@label' lines",
             suffixes=(".txt",),
+        ),
+    )
+    registry.add(
+        "json",
+        TaskSourceDef(
+            load=load_json,
+            description="one JSON document: a list of objects, or a mapping of id -> object",
+            suffixes=(".json",),
+        ),
+    )
+    registry.add(
+        "bbh",
+        TaskSourceDef(
+            load=load_bbh,
+            description="BIG-Bench Hard multiple-choice examples, options parsed from the input",
+            suffixes=(".json",),
         ),
     )
 

@@ -59,14 +59,37 @@ class RegistryError(TpHarnessError):
 
 
 class DuplicateNameError(RegistryError):
-    """Two plugins registered the same name in one registry; names both plugins."""
+    """Two plugins registered the same name in one registry; names both plugins and their distributions.
 
-    def __init__(self, kind: str, name: str, first: str, second: str) -> None:
+    ``first_dist`` / ``second_dist`` are ``"name version"`` of the installed distribution each plugin
+    came from (``None``: a module that no installed distribution provides).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        first: str,
+        second: str,
+        *,
+        first_dist: str | None = None,
+        second_dist: str | None = None,
+    ) -> None:
+        def who(plugin: str, dist: str | None) -> str:
+            return f"plugin {plugin!r} (distribution {dist})" if dist else f"plugin {plugin!r}"
+
         super().__init__(
-            f"{kind} {name!r} is registered twice: by plugin {first!r} and by plugin {second!r}; "
-            "uninstall or disable one of them"
+            f"{kind} {name!r} is registered twice: by {who(first, first_dist)} and by {who(second, second_dist)}; "
+            "uninstall or disable one of them (TP_HARNESS_PLUGINS=name,... selects which external plugins load)"
         )
         self.kind, self.name, self.first, self.second = kind, name, first, second
+        self.first_dist, self.second_dist = first_dist, second_dist
+
+
+class PluginError(RegistryError):
+    """An external plugin cannot be selected or loaded: names the plugin and what is available."""
+
+    exit_code = 2
 
 
 class UnknownNameError(RegistryError, KeyError):

@@ -243,9 +243,19 @@ def _applicable(metrics: Registry[MetricDef], mode: str) -> dict[str, MetricDef]
 
 
 def _mc_record(prep: PreparedTask, doc: dict, doc_id: int, sha: str, lls: list[float]) -> SampleRecord:
-    """multiple_choice: prediction = argmax loglikelihood (lm-eval's ``acc``); confidence = its softmax share."""
-    choices = [str(c) for c in prep.task.doc_to_choice(doc)]
-    gold_idx = prep.task.doc_to_target(doc)
+    return record_from_loglikelihoods(prep.task, doc, doc_id=doc_id, sha=sha, lls=lls)
+
+
+def record_from_loglikelihoods(task: Any, doc: dict, *, doc_id: int, sha: str, lls: Sequence[float]) -> SampleRecord:
+    """The multiple_choice record of one doc: prediction = argmax loglikelihood (lm-eval's ``acc``), confidence =
+    its softmax share over the choices.
+
+    :param task: the lm-eval ``ConfigurableTask`` whose ``doc_to_choice`` / ``doc_to_target`` read ``doc``.
+    :param lls: one loglikelihood (natural log, summed over the continuation) per choice, in choice order.
+    Also used by :mod:`tp_harness.lm_eval_bridge`, so stock lm-eval scores an exported task the same way.
+    """
+    choices = [str(c) for c in task.doc_to_choice(doc)]
+    gold_idx = task.doc_to_target(doc)
     if isinstance(gold_idx, str):
         gold_idx = choices.index(gold_idx) if gold_idx in choices else int(gold_idx)
     top = max(lls)
@@ -323,10 +333,21 @@ def _gen_record(prep: PreparedTask, doc: dict, doc_id: int, sha: str, response: 
     fmt = prep.answer_format
     if fmt is None:
         raise SpecError(prep.spec.path, f"tp.modes.{prep.mode}.answer_format", "required for generate_until")
-    target = prep.task.doc_to_target(doc)
+    return record_from_response(prep.task, fmt, doc, doc_id=doc_id, sha=sha, response=response)
+
+
+def record_from_response(task: Any, fmt: AnswerFormat, doc: dict, *, doc_id: int, sha: str,
+                         response: str) -> SampleRecord:
+    """The generate_until record of one doc: ``response`` parsed by ``fmt`` (:func:`parse_verbalized`) and
+    compared with the gold answer (``doc_to_target``; an index is mapped through ``fmt.labels``).
+
+    :param task: the lm-eval ``ConfigurableTask`` whose ``doc_to_target`` / ``doc_to_choice`` read ``doc``.
+    Also used by :mod:`tp_harness.lm_eval_bridge`, so stock lm-eval scores an exported task the same way.
+    """
+    target = task.doc_to_target(doc)
     labels = list(fmt.labels or [])
     if fmt.parser == "letter_confidence" and not labels:
-        labels = [chr(ord("A") + i) for i in range(len(prep.task.doc_to_choice(doc)))]
+        labels = [chr(ord("A") + i) for i in range(len(task.doc_to_choice(doc)))]
     if isinstance(target, int) and labels:
         gold = labels[target]
     else:

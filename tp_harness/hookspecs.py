@@ -25,28 +25,76 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
+class PluginInfo:
+    """Where a plugin comes from: its plugin name, distribution and whether it ships with tp-harness.
+
+    :ivar name: the pluggy plugin name (a built-in module path, an entry-point name or a module name).
+    :ivar dist: the installed distribution that provides it (``"tp-harness"`` for built-ins); ``None``
+        for a module that no installed distribution provides (e.g. one on ``PYTHONPATH``).
+    :ivar version: that distribution's version, or ``None``.
+    :ivar builtin: the plugin is one of ``tp_harness.plugins.BUILTIN_PLUGINS``.
+    """
+
+    name: str
+    dist: str | None = None
+    version: str | None = None
+    builtin: bool = False
+
+    @property
+    def dist_label(self) -> str | None:
+        """``"dist version"`` (or ``"dist"``), for messages; ``None`` without a distribution."""
+        if self.dist is None:
+            return None
+        return f"{self.dist} {self.version}" if self.version else self.dist
+
+
+@dataclass(frozen=True, slots=True)
 class Entry(Generic[T]):
-    """One registered item: its name, the object, and the plugin that added it."""
+    """One registered item: its name, the object, the plugin that added it and where that plugin comes from.
+
+    ``dist``/``version`` name the plugin's installed distribution (``None`` when unknown); ``builtin`` is
+    true for tp-harness's own plugins.
+    """
 
     name: str
     item: T
     plugin: str
+    dist: str | None = None
+    version: str | None = None
+    builtin: bool = False
 
 
 class Registry(Generic[T]):
     """A named, typed registry of one kind of extension (metric, backend, ...).
 
-    ``add`` refuses a taken name with :class:`DuplicateNameError` naming both plugins; ``get`` of an
-    unknown name raises :class:`UnknownNameError` with close matches. Modeled on lm-eval's
-    ``lm_eval/api/registry.py``. The plugin manager binds ``plugin`` before it calls each hook
-    implementation, so the registry knows who added what; plugin order never changes the result.
+    ``add`` refuses a taken name with :class:`DuplicateNameError` naming both plugins and their
+    distributions; ``get`` of an unknown name raises :class:`UnknownNameError` with close matches.
+    Modeled on lm-eval's ``lm_eval/api/registry.py``. The plugin manager binds the adding plugin
+    (:meth:`bind`, a :class:`PluginInfo`) before it calls each hook implementation, so the registry
+    knows who added what; plugin order never changes which names exist.
     """
 
     def __init__(self, kind: str, item_type: type | tuple[type, ...] | None = None) -> None:
         self.kind = kind
         self.item_type = item_type
         self._entries: dict[str, Entry[T]] = {}
-        self.plugin = "<direct>"
+        self.source = PluginInfo("<direct>")
+
+    @property
+    def plugin(self) -> str:
+        """The name of the plugin whose hook is adding entries now (``"<direct>"`` outside a hook)."""
+        return self.source.name
+
+    @plugin.setter
+    def plugin(self, name: str) -> None:
+        self.source = PluginInfo(name)
+
+    def bind(self, source: PluginInfo | None) -> None:
+        """Record ``source`` as the plugin that adds the next entries; ``None`` resets to ``"<direct>"``.
+
+        Called by ``tp_harness.plugins.build_registries`` around each hook implementation.
+        """
+        self.source = source if source is not None else PluginInfo("<direct>")
 
     def add(self, name: str, item: T) -> None:
         """Register ``item`` under ``name``.
@@ -62,8 +110,12 @@ class Registry(Generic[T]):
                 f"expected {getattr(self.item_type, '__name__', self.item_type)}"
             )
         if name in self._entries:
-            raise DuplicateNameError(self.kind, name, self._entries[name].plugin, self.plugin)
-        self._entries[name] = Entry(name, item, self.plugin)
+            first = self._entries[name]
+            first_dist = PluginInfo(first.plugin, first.dist, first.version).dist_label
+            raise DuplicateNameError(self.kind, name, first.plugin, self.plugin, first_dist=first_dist,
+                                     second_dist=self.source.dist_label)
+        src = self.source
+        self._entries[name] = Entry(name, item, src.name, src.dist, src.version, src.builtin)
 
     def get(self, name: str) -> T:
         """Return the item registered under ``name``; :raises UnknownNameError: if there is none."""
@@ -93,6 +145,9 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __repr__(self) -> str:  # shown by TP_HARNESS_TRACE_PLUGINS=1
+        return f"<Registry {self.kind}: {len(self)} entries, adding as plugin {self.plugin!r}>"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,8 +269,11 @@ def tp_register_optimizers(registry: Registry[OptimizerDef]) -> None:
 
 @hookspec
 def tp_register_reporters(registry: Registry[ReporterDef]) -> None:
-    """Add reporters that run when a run finishes (leaderboard, report, plots, ...).
+    """Add reporters that run when a run finishes (results.json, plots, report, leaderboard, ...).
 
     :param registry: call ``registry.add(name, ReporterDef(write=...))``.
     :return: nothing; results go through ``registry``.
+    Reporters are called in registry order: the built-ins first (``results-json`` writes
+    ``results.json`` before ``plots``, ``markdown-report`` and ``leaderboard`` read it), then the other
+    plugins' reporters by plugin name. A reporter that raises is logged and skipped.
     """

@@ -1,4 +1,5 @@
-"""Plots of stored runs: the optimization trajectory and the reliability diagram (matplotlib, Agg, PNG).
+"""Plots of stored runs (matplotlib, Agg, PNG): the optimization trajectory, the reliability diagram,
+per-metric before/after bars, and the leaderboard's overview and ablation bar charts.
 
 Owns turning journal rows and per-sample records into series and bins, and drawing them. Pure data
 in, PNG files out (written through a temp file and ``os.replace``); it runs no model.
@@ -39,13 +40,16 @@ def trajectory_series(
 
     :param journal_rows: ``journal.jsonl`` rows (``stage``, ``task``, ``step``, ``metrics.composite``).
     :return: ``{(stage, task): [(step, running max of composite), ...]}`` with steps ascending;
-        rows of stage ``select`` / ``final``, and rows without a numeric step or composite, are ignored.
+        rows of stage ``select`` / ``final``, racing's ``eval: partial`` rows, and rows without a numeric step
+        or composite, are ignored.
     """
     per_step: dict[tuple[str, str], dict[int, float]] = {}
     for row in journal_rows:
         stage = str(row.get("stage", "?"))
         metrics = row.get("metrics")
         step = row.get("step")
+        if row.get("eval", "full") != "full":
+            continue  # racing's minibatch (partial) scores are not comparable with full ones
         if stage in ("select", "final") or not isinstance(metrics, dict) or not isinstance(step, int):
             continue
         value = metrics.get("composite")
@@ -145,4 +149,139 @@ def plot_reliability(samples: dict[str, dict[str, tuple[list[float], list[bool]]
 
 
 # ----------------------------------------------------------------------------------------------
-# The per-run report
+# Before/after bars of one run, and the leaderboard's overview and ablation charts
+
+
+METRIC_LABELS = (("acc", "ACC"), ("ifr", "IFR"), ("ece", "ECE (lower is better)"), ("auroc", "AUROC"),
+                 ("pr_p", "PR-P"), ("pr_n", "PR-N"), ("composite", "composite"))
+KIND_COLORS = {"original": "#9e9e9e", "best_source": "#64b5f6", "best_target": "#1565c0"}
+MODE_COLORS = {"original": "#9e9e9e", "two_stage": "#1565c0", "no_transfer": "#ef6c00", "source_only": "#64b5f6"}
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_metric_bars(metrics: dict[str, dict[str, dict[str, float | None]]], path: Path) -> Path:
+    """Per-metric before/after bars: one panel per target task, one bar group per metric.
+
+    :param metrics: ``{task: {prompt_kind: {metric: value or None}}}`` of the test split; kinds are drawn
+        in the order original, best_source, best_target; an undefined value (IFR in multiple_choice,
+        AUROC with one class) is left out and marked "n/a" under its group.
+    :return: ``path`` (a PNG).
+    """
+    plt = _pyplot()
+    tasks = sorted(metrics)
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(8, 3.6 * len(tasks)), squeeze=False)
+    try:
+        for ax, task in zip(axes[:, 0], tasks, strict=True):
+            kinds = [k for k in KIND_COLORS if k in metrics[task]]
+            width = 0.8 / max(1, len(kinds))
+            for i, kind in enumerate(kinds):
+                xs, ys = [], []
+                for j, (key, _) in enumerate(METRIC_LABELS):
+                    value = metrics[task][kind].get(key)
+                    if _is_number(value):
+                        xs.append(j + (i - (len(kinds) - 1) / 2) * width)
+                        ys.append(float(value))
+                ax.bar(xs, ys, width=width, color=KIND_COLORS[kind], label=kind.replace("_", " "))
+            ax.set_xticks(range(len(METRIC_LABELS)))
+            ax.set_xticklabels([label for _, label in METRIC_LABELS], fontsize="small")
+            for j, (key, _) in enumerate(METRIC_LABELS):
+                if not any(_is_number(metrics[task][k].get(key)) for k in kinds):
+                    ax.text(j, 0.02, "n/a", ha="center", fontsize="small", color="grey")
+            ax.set_ylim(0, 1.2)
+            ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+            ax.set_ylabel("value (test split)")
+            ax.set_title(f"Metrics before/after: {task}")
+            ax.grid(True, axis="y", alpha=0.3)
+            ax.legend(fontsize="small", ncol=len(kinds), loc="upper center")
+        fig.tight_layout()
+        _atomic_save_figure(fig, path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _interval_error(values: Sequence[float | None], cis: Sequence[tuple[float, float] | None]) -> list[list[float]]:
+    """Matplotlib ``yerr`` (2 x n) from values and (low, high) intervals; 0 where either is missing."""
+    lows, highs = [], []
+    for v, ci in zip(values, cis, strict=True):
+        ok = ci is not None and _is_number(v)
+        lows.append(max(0.0, float(v) - ci[0]) if ok else 0.0)
+        highs.append(max(0.0, ci[1] - float(v)) if ok else 0.0)
+    return [lows, highs]
+
+
+def plot_overview(
+    bars: dict[str, tuple[float | None, float | None, tuple[float, float] | None, tuple[float, float] | None]],
+    path: Path,
+) -> Path:
+    """The leaderboard overview: test composite of the original vs the optimized prompt, per model and dataset.
+
+    :param bars: ``{label: (original, optimized, original 95% CI, optimized 95% CI)}``, labels in drawing
+        order (e.g. ``"model\\ndataset"``); a None value draws no bar, a None CI no whisker.
+    :return: ``path`` (a PNG).
+    """
+    plt = _pyplot()
+    labels = list(bars)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(labels) + 2), 4.8))
+    try:
+        for offset, (i, kind, name) in zip((-0.2, 0.2), ((0, "original", "original"), (1, "best_target", "optimized")),
+                                           strict=True):
+            values = [bars[k][i] for k in labels]
+            xs = [j + offset for j, v in enumerate(values) if _is_number(v)]
+            ys = [float(v) for v in values if _is_number(v)]
+            err = _interval_error([v for v in values if _is_number(v)],
+                                  [bars[k][i + 2] for k, v in zip(labels, values, strict=True) if _is_number(v)])
+            ax.bar(xs, ys, width=0.4, color=KIND_COLORS[kind], label=name, yerr=err, capsize=3,
+                   error_kw={"elinewidth": 1})
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, fontsize="x-small")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("composite (test split)")
+        ax.set_title("Original vs optimized prompt (whiskers: 95% bootstrap CI)")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        _atomic_save_figure(fig, path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_ablation(data: dict[str, dict[str, float | None]], path: Path) -> Path:
+    """The ablation chart: test composite of the original and of each mode's final prompt, per group.
+
+    :param data: ``{label: {"original" | "two_stage" | "no_transfer" | "source_only": composite or None}}``.
+    :return: ``path`` (a PNG).
+    """
+    plt = _pyplot()
+    labels = list(data)
+    series = list(MODE_COLORS)
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(labels) + 2), 4.8))
+    try:
+        for i, name in enumerate(series):
+            points = [(j + (i - (len(series) - 1) / 2) * width, data[k].get(name)) for j, k in enumerate(labels)]
+            points = [(x, float(v)) for x, v in points if _is_number(v)]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.bar(xs, ys, width=width, color=MODE_COLORS[name], label=name.replace("_", " "))
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, fontsize="x-small")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("composite (test split)")
+        ax.set_title("Ablation: two-stage vs no transfer vs source only")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize="small", ncol=len(series))
+        fig.tight_layout()
+        _atomic_save_figure(fig, path)
+    finally:
+        plt.close(fig)
+    return path

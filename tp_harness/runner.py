@@ -2,8 +2,9 @@
 
 Owns wiring a run together: loading specs, preparing tasks once per run, building the scorer and
 reference backends once per process, creating or resuming the run directory, calling the chosen
-optimizer, exporting lm-eval tasks, writing ``best_prompts.json`` and ``results.json``, and calling
-the registered reporters (report, leaderboard). Used by the CLI and the public API; prints nothing.
+optimizer, exporting lm-eval tasks, writing ``best_prompts.json``, building the ``results.json`` document
+and calling the registered reporters (results-json, plots, report, leaderboard, plugins' reporters).
+Used by the CLI and the public API; prints nothing.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import importlib.metadata as md
 import logging
 import platform
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .backends import DEFAULT_MODEL, LMBackend, parse_model_args, resolve_backend
-from .errors import RunError, UsageError
+from .backends.base import REFERENCE_BASE_MODEL_FIX, REFERENCE_BASE_MODEL_PROBLEM
+from .errors import BackendError, RunError, UsageError
 from .evaluator import EvalJob, Evaluation, PreparedTask, evaluate_jobs, prepare_task
 from .export import export_task_yaml, lm_eval_results
 from .hookspecs import Registries
@@ -55,6 +57,7 @@ class OptimizeSettings:
     batch_size: str = "16"
     run_id: str | None = None
     reference_share: float = 0.5
+    cache: bool = True
 
 
 def spec_index(spec_dirs: Sequence[str | Path] = ()) -> dict[str, Path]:
@@ -78,10 +81,46 @@ def load_specs(names: Sequence[str], spec_dirs: Sequence[str | Path], registries
 
 
 def build_backend(model: str, model_args: str | dict, registries: Registries, *, dtype: str,
-                  batch_size: str) -> LMBackend:
-    """Resolve and load a backend (cached per process by the backend itself)."""
+                  batch_size: str, cache: bool = True) -> LMBackend:
+    """Resolve and load a backend (cached per process by the backend itself).
+
+    :param cache: answer repeated requests from the response cache under ``$TP_CACHE_DIR`` (``--no-cache``: off).
+    """
+    from .backends.cache import open_cache
+
     args = parse_model_args(model_args) if isinstance(model_args, str) else dict(model_args)
-    return resolve_backend(model, args, registries.backends, dtype=dtype, batch_size=batch_size)
+    backend = resolve_backend(model, args, registries.backends, dtype=dtype, batch_size=batch_size)
+    backend.cache = open_cache() if cache else None
+    return backend
+
+
+def default_reference(settings: OptimizeSettings, scorer: LMBackend) -> tuple[str | None, str | None]:
+    """The reference LLM to use: ``(model, model_args)``; ``(None, None)`` means the scorer itself.
+
+    An explicit ``--reference-model`` wins. Otherwise the scorer is its own reference LLM (the paper's
+    setup), except when the scorer has no chat template (a base model such as ``embedded:gemma3-270m``,
+    which cannot follow the meta-prompt): then the reference LLM is the embedded default
+    ``embedded:smollm2-135m`` (DESIGN.md section 6; docs/models.md).
+    """
+    if settings.reference_model or settings.reference_model_args:
+        return settings.reference_model, settings.reference_model_args
+    if not scorer.has_chat_template and settings.model != DEFAULT_MODEL:
+        log.info("scorer %s has no chat template; the reference LLM defaults to %s", scorer.name, DEFAULT_MODEL)
+        return DEFAULT_MODEL, ""
+    return None, None
+
+
+def _check_scoring_modes(scorer: LMBackend, tasks: Sequence[PreparedTask]) -> None:
+    """:raises BackendError: a base-model scorer (``loglikelihood_only``) would get ``generate_until`` tasks."""
+    verbal = [t.name for t in tasks if t.mode != "multiple_choice"]
+    if scorer.loglikelihood_only and verbal:
+        raise BackendError(
+            scorer.name,
+            f"is a base model without a chat template: it scores multiple_choice (loglikelihood) tasks only, "
+            f"but {', '.join(verbal)} would be scored in generate_until mode",
+            "drop --scoring-mode generate_until (or pick tasks whose spec offers multiple_choice), or use an "
+            "instruct model such as embedded:smollm2-135m",
+        )
 
 
 def _versions() -> dict[str, str]:
@@ -123,21 +162,24 @@ def prepare_run(
     sources = [prepare_task(s, sources=registries.tasks, mode=settings.scoring_mode, caps=caps) for s in source_specs]
     targets = [prepare_task(s, sources=registries.tasks, mode=settings.scoring_mode, caps=caps) for s in target_specs]
     scorer = build_backend(settings.model, settings.model_args, registries, dtype=settings.dtype,
-                           batch_size=settings.batch_size)
-    if settings.reference_model in (None, "", settings.model) and settings.reference_model_args in (None, "",
-                                                                                                    settings.model_args):
+                           batch_size=settings.batch_size, cache=settings.cache)
+    _check_scoring_modes(scorer, [*sources, *targets])
+    reference_model, reference_args = default_reference(settings, scorer)
+    if reference_model in (None, "", settings.model) and reference_args in (None, "", settings.model_args):
         reference = scorer
     else:
-        reference = build_backend(settings.reference_model or settings.model,
-                                  settings.reference_model_args or "", registries,
-                                  dtype=settings.dtype, batch_size=settings.batch_size)
+        reference = build_backend(reference_model or settings.model, reference_args or "", registries,
+                                  dtype=settings.dtype, batch_size=settings.batch_size, cache=settings.cache)
+    if reference.loglikelihood_only and settings.reference_share > 0:
+        raise BackendError(reference.name, REFERENCE_BASE_MODEL_PROBLEM, REFERENCE_BASE_MODEL_FIX)
     if resume is None:
         run_id = settings.run_id or make_run_id(settings.model, settings.targets, settings.mode)
         config = {
             "settings": asdict(settings),
             "model": settings.model, "model_args": settings.model_args,
-            "reference_model": settings.reference_model or settings.model,
-            "reference_model_args": settings.reference_model_args or settings.model_args,
+            "reference_model": reference_model or settings.model,
+            "reference_model_args": (reference_args or settings.model_args)
+            if reference_model in (None, "", settings.model) else (reference_args or ""),
             "scorer_identity": scorer.identity, "reference_identity": reference.identity,
             "scorer_checkpoint": scorer.checkpoint,
             "mode": settings.mode, "budget": settings.budget, "budget_values": asdict(budget),
@@ -153,8 +195,15 @@ def prepare_run(
     return ctx, project_calls(ctx)
 
 
-def finish_run(ctx: RunContext, outcome: RunOutcome, *, results_root: Path) -> dict[str, Any]:
-    """Write ``best_prompts.json``, ``lm_eval_tasks/``, ``results.json`` and run every reporter.
+def finish_run(ctx: RunContext, outcome: RunOutcome, *, results_root: Path,
+               calls: dict[str, int] | None = None) -> dict[str, Any]:
+    """Write ``best_prompts.json`` and ``lm_eval_tasks/``, build the results document and run every reporter.
+
+    Reporters run in registry order: the built-ins first (``results-json`` writes ``results.json``, then
+    ``plots``, ``markdown-report``, ``leaderboard``), then plugins' reporters by plugin name. A reporter
+    that raises is logged and skipped; the run's journal and best prompts stay.
+
+    :param calls: scorer request counts of this process's part of the run (``tp.calls`` in results.json).
 
     :return: the results document written to ``results.json``.
     """
@@ -178,26 +227,39 @@ def finish_run(ctx: RunContext, outcome: RunOutcome, *, results_root: Path) -> d
         for kind, ev in t.evaluations.items():
             evaluations.append(_evaluation_dict(ev, kind, run))
         best = t.prompts.get("best_target") or t.prompts.get("best_source") or t.prompts["original"]
-        configs = {kind: prep.spec.lm_eval_config(prep.mode, instruction=text)
-                   for kind, text in (("original", t.prompts["original"]), ("best", best))}
-        export_task_yaml(export_dir, task=t.task, configs=configs, test_docs=prep.splits["test"])
+        export_prepared_task(export_dir, prep, {"original": t.prompts["original"], "best": best}, ctx.registries)
     tp = {
         "run_id": run.run_id, "model": config["model"], "reference_model": config["reference_model"],
         "mode": ctx.mode, "budget": ctx.budget.name, "seed": ctx.seed,
         "sources": [s.name for s in ctx.sources], "targets": [t.name for t in ctx.targets],
         "evaluations": evaluations, "trajectory": _trajectory(run.journal()),
         "scorer_checkpoint": config.get("scorer_checkpoint"),
+        "calls": calls or {},
     }
     hib = {e.name: e.item.higher_is_better for e in ctx.registries.metrics.entries()}
     results = lm_eval_results(evaluations=evaluations, model=config["model"], model_args=config["model_args"], tp=tp,
                               higher_is_better=hib)
-    run.write_json("results.json", results)
     for entry in ctx.registries.reporters.entries():
         try:
             entry.item.write(run.path, results, results_root=results_root)
         except Exception:  # a reporter plugin must not lose the finished run
-            log.exception("reporter %r (plugin %s) failed; the run's results are saved", entry.name, entry.plugin)
+            log.exception("reporter %r (plugin %s) failed; the journal and best_prompts.json are saved",
+                          entry.name, entry.plugin)
     return results
+
+
+def export_prepared_task(export_dir: Path, prep: PreparedTask, prompts: Mapping[str, str],
+                         registries: Registries) -> list[Path]:
+    """Export ``prompts`` (``{kind: instruction}``; kinds ``original``, ``best``) of one prepared task as stock
+    lm-eval tasks ``<task>__tp_<kind>`` over its test split, scored with the registered metrics, the task's
+    composite weights and answer parser exactly as the evaluator scored them (:func:`tp_harness.export.export_task_yaml`).
+
+    :return: the written paths.
+    """
+    configs = {kind: prep.spec.lm_eval_config(prep.mode, instruction=text) for kind, text in prompts.items()}
+    return export_task_yaml(export_dir, task=prep.name, configs=configs, test_docs=prep.splits["test"],
+                            metric_defs={e.name: e.item for e in registries.metrics.entries()}, weights=prep.weights,
+                            answer_format=prep.answer_format.model_dump() if prep.answer_format else None)
 
 
 def _validation_composite(run: RunDir, task: str, prompt: str | None) -> float | None:
@@ -219,8 +281,8 @@ def _trajectory(rows: Sequence[dict]) -> list[dict]:
     best: dict[tuple[str, str], float] = {}
     out: dict[tuple[str, str, int], dict] = {}
     for r in rows:
-        if r.get("stage") not in ("source", "target"):
-            continue
+        if r.get("stage") not in ("source", "target") or r.get("eval", "full") != "full":
+            continue  # racing's minibatch (partial) scores are not comparable with full ones
         key = (r["stage"], r["task"])
         c = r["metrics"].get("composite")
         if c is not None:
@@ -245,10 +307,19 @@ def run_optimize(
     if on_projection:
         on_projection(projection, ctx)
     optimizer = registries.optimizers.get(ctx.run.config()["settings"]["optimizer"])
+    before = _call_counts(ctx)
     outcome = optimizer.run(ctx)
+    calls = {k: v - before[k] for k, v in _call_counts(ctx).items()}
+    calls["projected_scorer_requests"] = projection.scorer_requests
     results_root = ctx.run.path.parent.parent  # <results>/runs/<run_id>: valid from any working directory
-    results = finish_run(ctx, outcome, results_root=results_root)
+    results = finish_run(ctx, outcome, results_root=results_root, calls=calls)
     return ctx.run, results
+
+
+def _call_counts(ctx: RunContext) -> dict[str, int]:
+    """Scorer requests issued by the harness and computed by the model (the rest were cache hits)."""
+    s = ctx.scorer
+    return {"scorer_requests": sum(s.issued.values()), "scorer_computed": sum(s.computed.values())}
 
 
 def evaluate_prompt(
@@ -265,6 +336,7 @@ def evaluate_prompt(
     dtype: str = "float32",
     batch_size: str = "16",
     seed_caps: dict[str, int] | None = None,
+    cache: bool = True,
 ) -> tuple[PreparedTask, Evaluation]:
     """Evaluate one instruction (default: the task's original) on one split of one task.
 
@@ -275,7 +347,7 @@ def evaluate_prompt(
     if limit:
         caps[split] = limit
     prep = prepare_task(spec, sources=registries.tasks, mode=scoring_mode, caps=caps)
-    backend = build_backend(model, model_args, registries, dtype=dtype, batch_size=batch_size)
+    backend = build_backend(model, model_args, registries, dtype=dtype, batch_size=batch_size, cache=cache)
     instruction = spec.tp.instruction if prompt is None else prompt
     (ev,) = evaluate_jobs(backend, [EvalJob(prep, split, instruction)], metrics=registries.metrics)
     return prep, ev

@@ -6,6 +6,7 @@ line of the offending field. It knows nothing about the spec's schema (that is :
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +17,30 @@ import yaml
 from .errors import SpecError
 
 _LAST_PART = re.compile(r"(\.[^.\[\]]+|\[\d+\]|^[^.\[\]]+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionRef:
+    """A ``!function module.attr`` value, as lm-eval's task YAML writes it (e.g. ``custom_dataset``).
+
+    Kept as a reference: tp-harness never imports it (lm-eval resolves it, relative to the YAML first).
+    """
+
+    name: str
+
+    def __str__(self) -> str:
+        return f"!function {self.name}"
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` plus lm-eval's ``!function`` tag."""
+
+
+def _construct_function(loader: yaml.SafeLoader, node: yaml.Node) -> FunctionRef:
+    return FunctionRef(str(loader.construct_scalar(node)).strip())  # type: ignore[arg-type]
+
+
+_SpecLoader.add_constructor("!function", _construct_function)
 
 
 def line_for(lines: Mapping[str, int], field: str) -> int | None:
@@ -59,7 +84,10 @@ def _line_map(
 
 
 def parse_yaml(path: Path) -> tuple[Any, dict[str, int]]:
-    """Parse ``path`` once, returning the data and its dotted-path -> line map."""
+    """Parse ``path`` once, returning the data and its dotted-path -> line map.
+
+    Safe YAML, plus lm-eval's ``!function module.attr`` tag, read as a :class:`FunctionRef`.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -68,7 +96,7 @@ def parse_yaml(path: Path) -> tuple[Any, dict[str, int]]:
         raise SpecError(
             path, "(file)", f"expected UTF-8 text, got undecodable bytes ({err.reason})"
         ) from None
-    loader = yaml.SafeLoader(text)
+    loader = _SpecLoader(text)
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None

@@ -37,6 +37,8 @@ from .spec_yaml import line_for, parse_yaml
 __all__ = [
     "BUILTIN_SPEC_DIR",
     "DEFAULT_METRIC_NAMES",
+    "LM_EVAL_LOADER",
+    "LM_EVAL_SPLITS",
     "MODES",
     "AnswerFormat",
     "DataBlock",
@@ -56,9 +58,13 @@ DEFAULT_METRIC_NAMES: frozenset[str] = frozenset({"acc", "ifr", "ece", "auroc", 
 BUILTIN_SPEC_DIR: Path = Path(__file__).resolve().parent.parent / "task_specs"
 #: The scoring modes tp-harness evaluates (lm-eval ``output_type`` values).
 MODES: tuple[str, ...] = ("multiple_choice", "generate_until")
+#: The ``custom_dataset`` that lets stock lm-eval read a spec's data (``tp_harness.lm_eval_dataset``).
+LM_EVAL_LOADER = "tp_harness.lm_eval_dataset.load"
+#: The splits that loader returns (the same names as ``tp.splits``).
+LM_EVAL_SPLITS: tuple[str, ...] = ("optimize", "validation", "test")
 
 OutputType = Literal["multiple_choice", "generate_until"]
-_RESERVED_TOP = {"description": "set tp.instruction instead; it becomes lm-eval's description"}
+_RESERVED_TOP: dict[str, str] = {}  # description: allowed only as the copy of tp.instruction (below)
 _RESERVED_MODE = {
     "task": "a mode cannot rename the task",
     "output_type": "the mode name is the output_type",
@@ -272,6 +278,38 @@ class _SpecDocument(_LmEvalFields):
         return data
 
     @model_validator(mode="after")
+    def _description_copies_instruction(self) -> _SpecDocument:
+        """A top-level ``description`` (what stock lm-eval prepends) must be the original instruction."""
+        extra = self.model_extra or {}
+        if "description" in extra and extra["description"] != lm_eval_description(self.tp.instruction):
+            raise _LocatedError(
+                "not allowed here: set tp.instruction instead; it becomes lm-eval's description "
+                f"(a copy for stock lm-eval must be tp.instruction plus a blank line: "
+                f"{lm_eval_description(self.tp.instruction)!r})",
+                "description",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _lm_eval_splits_exist(self) -> _SpecDocument:
+        """With tp-harness's ``custom_dataset``, lm-eval's split fields must name splits it returns."""
+        extra = self.model_extra or {}
+        if str(extra.get("custom_dataset")) != f"!function {LM_EVAL_LOADER}":
+            return self
+        for key in ("training_split", "validation_split", "test_split", "fewshot_split"):
+            value = extra.get(key)
+            if value is not None and value not in LM_EVAL_SPLITS:
+                raise _LocatedError(
+                    f"no split {value!r}: {LM_EVAL_LOADER} returns {', '.join(LM_EVAL_SPLITS)}{_did_you_mean(value, LM_EVAL_SPLITS)}",
+                    key,
+                )
+        if extra.get("test_split") is None and extra.get("validation_split") is None:
+            raise _LocatedError(
+                "missing test_split: lm-eval scores no split; add test_split: test", "custom_dataset"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _modes_complete(self) -> _SpecDocument:
         if self.output_type in self.tp.modes:
             raise _LocatedError(
@@ -379,6 +417,7 @@ class TaskSpec:
         if mode != self.output_type:
             config.update(copy.deepcopy(self.tp.modes[mode].overrides))  # type: ignore[index]
         config["output_type"] = mode
+        config.pop("description", None)  # a spec's own copy is of the original instruction
         text = self.tp.instruction if instruction is None else instruction
         if text:
             config["description"] = lm_eval_description(text)
@@ -541,8 +580,43 @@ def _to_spec_error(path: Path, data: Any, lines: Mapping[str, int], exc: Validat
 # Public entry points
 
 
+def _hoist_tp_block(
+    path: Path, data: dict[str, Any], lines: Mapping[str, int]
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """Move a ``metadata.tp`` block to the top level, where the schema expects ``tp``.
+
+    A spec that stock lm-eval runs keeps its ``tp`` block under ``metadata`` (lm-eval's ``TaskConfig``
+    refuses unknown top-level keys, and hands ``metadata`` to ``custom_dataset``). Line numbers of
+    ``metadata.tp.*`` are also recorded as ``tp.*``, so errors and ``TaskSpec.line_of`` find them.
+    """
+    metadata = data.get("metadata")
+    if not (isinstance(metadata, dict) and "tp" in metadata):
+        return data, dict(lines)
+    if "tp" in data:
+        raise SpecError(
+            path,
+            "metadata.tp",
+            f"the tp block is given twice (also at the top level, line {lines.get('tp')}); keep one",
+            line=lines.get("metadata.tp"),
+        )
+    rest = {key: value for key, value in metadata.items() if key != "tp"}
+    hoisted = {key: value for key, value in data.items() if key != "metadata"}
+    if rest:
+        hoisted["metadata"] = rest
+    hoisted["tp"] = metadata["tp"]
+    moved = dict(lines)
+    for dotted, line in lines.items():
+        if dotted == "metadata.tp" or dotted.startswith(("metadata.tp.", "metadata.tp[")):
+            moved[dotted[len("metadata.") :]] = line
+    return hoisted, moved
+
+
 def load_spec(path: str | Path, *, metric_names: Collection[str] = DEFAULT_METRIC_NAMES) -> TaskSpec:
     """Load and validate one task spec.
+
+    The ``tp`` block may sit at the top level or under ``metadata`` (``metadata: {tp: ...}``, the form
+    stock lm-eval also runs); errors name its fields ``tp.*`` either way. lm-eval-only keys such as
+    ``custom_dataset: !function ...`` or the split names pass through untouched.
 
     :param path: the spec's YAML file.
     :param metric_names: metric names ``tp.metric_weights`` may use (from the metric registry).
@@ -559,6 +633,7 @@ def load_spec(path: str | Path, *, metric_names: Collection[str] = DEFAULT_METRI
             f"expected a mapping of lm-eval fields plus a tp: block, got {_got(data)}",
             line=1,
         )
+    data, lines = _hoist_tp_block(path, data, lines)
     try:
         doc = _SpecDocument.model_validate(data, context={"metric_names": frozenset(metric_names)})
     except ValidationError as exc:

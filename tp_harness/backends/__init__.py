@@ -1,7 +1,7 @@
 """Model backends: resolve a ``--model`` name and its args to a loaded :class:`LMBackend`.
 
-Names: ``embedded:<zoo name>`` (default ``embedded:smollm2-135m``), ``hf``, ``vllm``. Each is a
-registered backend plugin (``tp_register_backends``); third parties add theirs the same way.
+Names: ``embedded:<zoo name>`` (default ``embedded:smollm2-135m``), ``hf``, ``vllm``,
+``openai-compatible``. Each is a registered backend plugin (``tp_register_backends``); third parties add theirs the same way.
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ def resolve_backend(model: str, model_args: dict[str, str], registry: Registry[B
     args = dict(model_args)
     if arg:
         args.setdefault("name", arg)
-    return definition.factory(args, **options)
+    backend = definition.factory(args, **options)
+    if isinstance(backend, LMBackend):
+        from .prefix_scorer import attach_prefix_scorer
+
+        attach_prefix_scorer(backend)  # the shared-context scorer for multiple_choice, where supported
+    return backend
 
 
 def _embedded(model_args, **options):
@@ -49,6 +54,12 @@ def _vllm(model_args, **options):
     return make_vllm_backend(model_args, **options)
 
 
+def _openai_compatible(model_args, **options):
+    from .openai_compatible import make_openai_compatible_backend
+
+    return make_openai_compatible_backend(model_args, **options)
+
+
 @hookimpl
 def tp_register_backends(registry: Registry[BackendDef]) -> None:
     registry.add("embedded", BackendDef(
@@ -59,3 +70,7 @@ def tp_register_backends(registry: Registry[BackendDef]) -> None:
     registry.add("vllm", BackendDef(
         factory=_vllm, needs_gpu=True,
         description="lm-eval's vLLM model on a CUDA GPU: --model-args pretrained=NAME_OR_DIR"))
+    registry.add("openai-compatible", BackendDef(
+        factory=_openai_compatible,
+        description="a model behind an OpenAI-compatible server (vLLM, llama.cpp, ...) through lm-eval's "
+                    "local-(chat-)completions: --model-args base_url=http://HOST:PORT/v1,model=NAME[,chat=true]"))

@@ -14,7 +14,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import BackendError
+
 log = logging.getLogger(__name__)
+
+
+REFERENCE_BASE_MODEL_PROBLEM = ("is a base model without a chat template: it cannot be the reference LLM "
+                                "(it does not follow the meta-prompt's request to write an instruction)")
+REFERENCE_BASE_MODEL_FIX = ("leave --reference-model unset (a scorer without a chat template gets the default "
+                            "embedded:smollm2-135m as its reference LLM) or name an instruct model, e.g. "
+                            "--reference-model embedded:smollm2-135m")
 
 
 @dataclass
@@ -27,6 +36,9 @@ class LMBackend:
         cache entries and the model description written to ``config.json``.
     :param checkpoint: a local path that stock ``lm-eval --model hf --model_args pretrained=...`` can
         load to reproduce this backend, when there is one.
+    :param loglikelihood_only: a base model without a chat template (e.g. ``embedded:gemma3-270m``): it
+        scores ``multiple_choice`` requests only; :meth:`generate_until` and :meth:`sample` raise
+        :class:`BackendError` instead of returning text it was never trained to produce.
     """
 
     name: str
@@ -34,22 +46,78 @@ class LMBackend:
     identity: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
     lm_eval_model: str = "hf"
+    loglikelihood_only: bool = False
+
+    cache: Any = field(default=None, repr=False)  # a ResponseCache, or None (--no-cache)
+    fast_loglikelihood: Any = field(default=None, repr=False)  # e.g. a PrefixSharingScorer; else lm-eval scores
+    issued: dict[str, int] = field(default_factory=lambda: {"loglikelihood": 0, "generate_until": 0}, repr=False)
+    computed: dict[str, int] = field(default_factory=lambda: {"loglikelihood": 0, "generate_until": 0}, repr=False)
 
     # -- requests -------------------------------------------------------------------------------
     def loglikelihood(self, requests: Sequence[Any]) -> list[tuple[float, bool]]:
         """Score ``(context, continuation)`` requests: one ``(loglikelihood, is_greedy)`` per request, in order.
 
-        ``loglikelihood`` is the sum of the continuation tokens' log-probabilities (natural log).
+        ``loglikelihood`` is the sum of the continuation tokens' log-probabilities (natural log). Answers
+        come from the response cache when it holds them; only the others reach the model.
         """
-        if not requests:
-            return []
-        return list(self.lm.loglikelihood(list(requests), disable_tqdm=True))
+        def compute(reqs: list[Any]) -> list[Any]:
+            if self.fast_loglikelihood is not None:
+                return self.fast_loglikelihood.loglikelihood(reqs)
+            return [(float(ll), bool(greedy)) for ll, greedy in self.lm.loglikelihood(reqs, disable_tqdm=True)]
 
-    def generate_until(self, requests: Sequence[Any]) -> list[str]:
-        """Generate for ``(context, gen_kwargs)`` requests: one string per request, in order."""
+        return [(float(v[0]), bool(v[1])) for v in self._through_cache("loglikelihood", requests, compute)]
+
+    def generate_until(self, requests: Sequence[Any], *, rollout_seed: int | None = None) -> list[str]:
+        """Generate for ``(context, gen_kwargs)`` requests: one string per request, in order.
+
+        :param rollout_seed: the seed of a sampled (``do_sample``) call; with it, cache keys carry
+            ``(seed, index)`` and the call is served from the cache only when every request is there.
+        :raises BackendError: the backend is ``loglikelihood_only`` (a base model) and ``requests`` is not empty.
+        """
+        if self.loglikelihood_only and len(requests):
+            raise BackendError(
+                self.name,
+                "is a base model without a chat template: it scores multiple_choice (loglikelihood) tasks only "
+                "and cannot answer in generate_until mode",
+                "score in multiple_choice mode (drop --scoring-mode generate_until; pick tasks whose spec offers "
+                "multiple_choice), or use an instruct model such as embedded:smollm2-135m",
+            )
+
+        def compute(reqs: list[Any]) -> list[Any]:
+            return list(self.lm.generate_until(reqs, disable_tqdm=True))
+
+        return [str(v) for v in self._through_cache("generate_until", requests, compute, rollout_seed=rollout_seed)]
+
+    def _through_cache(self, request_type: str, requests: Sequence[Any], compute: Any, *,
+                       rollout_seed: int | None = None) -> list[Any]:
+        requests = list(requests)
         if not requests:
             return []
-        return list(self.lm.generate_until(list(requests), disable_tqdm=True))
+        self.issued[request_type] += len(requests)
+        if self.cache is None:
+            self.computed[request_type] += len(requests)
+            return compute(requests)
+        from .cache import model_key, request_key
+
+        keys = [request_key(self.identity, request_type, r.arguments,
+                            (rollout_seed, i) if rollout_seed is not None else None)
+                for i, r in enumerate(requests)]
+        found = self.cache.get_many(keys)
+        if rollout_seed is not None and len(found) < len(set(keys)):
+            found = {}  # a sampled call is replayed whole: partial reuse would change the other samples
+        first: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            if k not in found:
+                first.setdefault(k, i)
+        if first:
+            fresh = compute([requests[i] for i in first.values()])
+            self.computed[request_type] += len(first)
+            found.update(zip(first, fresh))
+            model = model_key(self.identity)
+            self.cache.put_many((k, model, request_type, v) for k, v in zip(first, fresh))
+        self.cache.stats.hits += len(requests) - len(first)
+        self.cache.stats.misses += len(first)
+        return [found[k] for k in keys]
 
     # -- chat -----------------------------------------------------------------------------------
     @property
@@ -74,7 +142,11 @@ class LMBackend:
 
         Sampling is seeded: the same (model, prompt, seed) gives the same samples, which is what makes
         ``--resume`` reproduce an interrupted step. ``temperature`` 0 means greedy.
+
+        :raises BackendError: the backend is ``loglikelihood_only``: a base model cannot be the reference LLM.
         """
+        if self.loglikelihood_only:
+            raise BackendError(self.name, REFERENCE_BASE_MODEL_PROBLEM, REFERENCE_BASE_MODEL_FIX)
         from lm_eval.api.instance import Instance
 
         ctx = (
@@ -93,7 +165,7 @@ class LMBackend:
                      metadata=("reference", i, 1))
             for i in range(num_samples)
         ]
-        return self.generate_until(reqs)
+        return self.generate_until(reqs, rollout_seed=seed if temperature > 0 else None)
 
 
 def _seed_everything(seed: int) -> None:

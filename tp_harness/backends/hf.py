@@ -18,6 +18,8 @@ from .base import LMBackend, fingerprint
 log = logging.getLogger(__name__)
 
 _LOADED: dict[tuple, LMBackend] = {}
+#: ``--batch-size auto`` on CPU: lm-eval's probe for the largest batch that fits is a GPU-memory search
+CPU_AUTO_BATCH = 16
 #: how many HFLM objects this process built (tests assert the model loads once)
 LOAD_COUNT = {"hflm": 0}
 
@@ -35,12 +37,15 @@ def load_hflm(
     batch_size: int | str = 16,
     device: str = "cpu",
     extra_identity: dict[str, Any] | None = None,
+    loglikelihood_only: bool = False,
 ) -> LMBackend:
     """Return the process-wide :class:`LMBackend` for a local HF checkpoint, building it on first use.
 
     :param checkpoint: a local directory with ``config.json``, weights and tokenizer files.
     :param dtype: ``float32`` (exact, the default for tests) or ``bfloat16`` (1.3-2x faster on CPU).
-    :param batch_size: requests per forward pass; ``auto`` lets lm-eval probe (GPU only).
+    :param batch_size: requests per forward pass; ``auto``: 16 on CPU (lm-eval's memory probe only makes
+        sense on a GPU, where ``auto`` is passed to lm-eval).
+    :param loglikelihood_only: mark a base model (see :class:`LMBackend`); part of the reuse key.
     :raises BackendError: the directory does not exist or holds no loadable model.
     """
     path = Path(checkpoint).expanduser()
@@ -51,7 +56,11 @@ def load_hflm(
             "pass a local checkpoint directory: --model hf --model-args pretrained=/path/to/model "
             "(model hubs are not reachable from tp-harness)",
         )
-    key = (str(path.resolve()), dtype, device, str(batch_size))
+    if str(batch_size) == "auto":
+        bs: int | str = CPU_AUTO_BATCH if device == "cpu" else "auto"
+    else:
+        bs = int(batch_size)
+    key = (str(path.resolve()), dtype, device, str(bs), loglikelihood_only)
     if key in _LOADED:
         return _LOADED[key]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -73,7 +82,6 @@ def load_hflm(
     model.eval()
     if device != "cpu":
         model.to(device)
-    bs: int | str = batch_size if batch_size == "auto" else int(batch_size)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=bs, device=device)
     LOAD_COUNT["hflm"] += 1
     identity = {
@@ -84,7 +92,8 @@ def load_hflm(
         "chat_template": _chat_template_hash(tokenizer),
         **(extra_identity or {}),
     }
-    backend = LMBackend(name=backend_name, lm=lm, identity=identity, checkpoint=str(path.resolve()))
+    backend = LMBackend(name=backend_name, lm=lm, identity=identity, checkpoint=str(path.resolve()),
+                        loglikelihood_only=loglikelihood_only)
     _LOADED[key] = backend
     log.info("loaded %s from %s (%s)", backend_name, path, dtype)
     return backend

@@ -20,6 +20,11 @@ class Budget:
         ``None`` means the spec's full split).
     :ivar k_source: best source prompts kept after stage 1 and transferred to stage 2.
     :ivar finalists: best target candidates re-scored on the validation split for the final choice.
+    :ivar minibatch: racing: docs per task a step's candidates are first scored on (None: no racing, every
+        candidate is scored on the full optimize split).
+    :ivar promote: racing: candidates per step promoted from the minibatch to the full optimize split.
+    :ivar full_eval_interval: racing: every this many steps, the best minibatch-scored candidate without a
+        full score is promoted too (0: never).
     """
 
     name: str
@@ -31,6 +36,9 @@ class Budget:
     k_source: int
     finalists: int
     reference_max_tokens: int = 96
+    minibatch: int | None = None
+    promote: int = 2
+    full_eval_interval: int = 0
 
     def caps(self) -> dict[str, int]:
         """Per-split caps for :func:`tp_harness.data.split_docs`."""
@@ -40,13 +48,16 @@ class Budget:
 
 BUDGETS: dict[str, Budget] = {
     "smoke": Budget("smoke", steps=1, num_candidates=3, optimize_n=6, validation_n=6, test_n=12, k_source=2,
-                    finalists=2, reference_max_tokens=48),
+                    finalists=2, reference_max_tokens=48, minibatch=3, promote=1, full_eval_interval=0),
+    # smoke's search with 32 test samples per task: the committed example sweep (README, results/LEADERBOARD.md)
+    "sweep": Budget("sweep", steps=1, num_candidates=3, optimize_n=6, validation_n=6, test_n=32, k_source=2,
+                    finalists=2, reference_max_tokens=48, minibatch=3, promote=1, full_eval_interval=0),
     "light": Budget("light", steps=3, num_candidates=6, optimize_n=24, validation_n=32, test_n=96, k_source=3,
-                    finalists=3),
+                    finalists=3, minibatch=6, promote=1, full_eval_interval=2),
     "medium": Budget("medium", steps=6, num_candidates=8, optimize_n=64, validation_n=64, test_n=128, k_source=5,
-                     finalists=5),
+                     finalists=5, minibatch=8, promote=1, full_eval_interval=2),
     "heavy": Budget("heavy", steps=12, num_candidates=8, optimize_n=None, validation_n=None, test_n=None,
-                    k_source=5, finalists=5),
+                    k_source=5, finalists=5, minibatch=16, promote=2, full_eval_interval=2),
 }
 
 

@@ -4,6 +4,11 @@ Owns the per-step cycle of Transfer-Prompting (arXiv 2502.14211, section 3; OPRO
 build the meta-prompt from the history, sample candidates from the reference LLM, add evolutionary
 edits of the best instructions, apply hygiene, score the candidates through the caller's scoring
 function, append them to the history and hand each scored row to the caller's sink (the journal).
+Racing (successive halving, as DSPy's MIPROv2 does with minibatches): with ``minibatch`` set, a step's
+candidates are first scored on a seeded minibatch of the optimize split (journal ``eval: partial``); only
+the best ``promote`` of them are scored on the full split (``eval: full``), and every
+``full_eval_interval`` steps the best partially scored candidate not yet fully scored is promoted too.
+The history the meta-prompt shows and every selection use full scores only.
 Resume: rows already in the journal are recalled instead of re-scored, and every random choice of a
 step is seeded by (seed, stage, step), so an interrupted run resumed ends where an uninterrupted one would.
 """
@@ -68,14 +73,28 @@ class StageSettings:
     max_chars: int = 500
     temperature: float = 1.0
     reference_max_tokens: int = 96
+    minibatch: int | None = None
+    promote: int = 2
+    full_eval_interval: int = 0
+
+    @property
+    def racing(self) -> bool:
+        """Whether candidates are raced on minibatches before full scoring."""
+        return self.minibatch is not None
 
 
-#: scores candidates of one step: (candidates, step) -> one (metrics, extra row fields) per candidate
-ScoreFn = Callable[[Sequence[Candidate], int], list[tuple[dict[str, float | None], dict[str, Any]]]]
+#: scores candidates of one step on a minibatch of that many docs per task (seeded by the step), or on the
+#: full optimize split (None): (candidates, step, minibatch) -> one (metrics, extra row fields) per candidate
+ScoreFn = Callable[[Sequence[Candidate], int, "int | None"], list[tuple[dict[str, float | None], dict[str, Any]]]]
 #: writes one scored row to the journal
 Sink = Callable[[dict], None]
-#: finds the journal row of (step, prompt sha) if it was scored already
-Recall = Callable[[int, str], dict | None]
+#: finds the journal row of (step, prompt sha, eval) if it was scored already (eval: partial or full)
+Recall = Callable[[int, str, str], dict | None]
+
+
+def eval_kind(row: dict) -> str:
+    """``partial`` (a minibatch score) or ``full`` (the whole optimize split); rows before racing are full."""
+    return row.get("eval", "full")
 
 
 def rank(history: Sequence[ScoredPrompt]) -> list[ScoredPrompt]:
@@ -113,28 +132,51 @@ def run_stage(
     """
     progress = progress or _Silent()
     history: list[ScoredPrompt] = []
+    partial: list[ScoredPrompt] = []
     base = dict(row_base or {})
     for step in range(settings.steps + 1):
         rng = random.Random(f"{seed}:{stage}:{step}")
-        done = recall_step(step) if recall_step is not None and step > 0 else []
+        racing = settings.racing and step > 0
+        first_kind = "partial" if racing else "full"
+        done = [r for r in recall_step(step) if eval_kind(r) == first_kind] if recall_step and step > 0 else []
         if done and len(done) == done[0].get("num_candidates"):
-            scored = [_from_row(row) for row in sorted(done, key=lambda r: r["candidate_index"])]
-            history.extend(scored)
-            progress.advance(len(scored), step=step, best=rank(history)[0].composite,
-                             unused=max(0, settings.num_candidates - len(scored)))
-            continue
-        if step == 0:
+            rows = sorted(done, key=lambda r: r["candidate_index"])
+            cands = [Candidate(r["prompt"], r["proposer"], operation=r.get("operation") or "") for r in rows]
+        elif step == 0:
             cands, dropped = hygiene(initial, max_chars=10_000, min_chars=1)
         else:
             cands, dropped = _propose(history, description, reference, exemplars, settings, rng,
                                       seed=hash_seed(seed, stage, step))
-        scored = _score_step(cands, step, score, sink, recall, base, stage)
+            log.debug("%s step %d: hygiene dropped %s", stage, step, dropped)
+        scored = _score_step(cands, step, score, sink, recall, base, stage, kind=first_kind,
+                             minibatch=settings.minibatch if racing else None)
+        if racing:
+            partial.extend(scored)
+            promoted = _promote(scored, partial, history, step, settings)
+            scored = _score_step([Candidate(p.text, p.proposer, operation=p.row.get("operation") or "") for p in promoted], step,
+                                 score, sink, recall, base, stage, kind="full", minibatch=None)
         history.extend(scored)
         best = rank(history)[0].composite if history else None
         progress.advance(len(cands), step=step, best=best,
                          unused=max(0, settings.num_candidates - len(cands)) if step else 0)
-        log.info("%s step %d: %d candidates (dropped %s), best composite %s", stage, step, len(cands), dropped, best)
+        log.info("%s step %d: %d candidates, %d fully scored, best composite %s", stage, step, len(cands),
+                 len(scored), best)
     return rank(history)
+
+
+def _promote(step_scored: Sequence[ScoredPrompt], partial: Sequence[ScoredPrompt], history: Sequence[ScoredPrompt],
+             step: int, settings: StageSettings) -> list[ScoredPrompt]:
+    """Successive halving: the step's best ``promote`` by minibatch score, plus every ``full_eval_interval``
+    steps the best minibatch-scored candidate of any step that has no full score yet (MIPROv2's periodic
+    full evaluation)."""
+    full = {p.sha for p in history}
+    out = [p for p in rank(step_scored) if p.sha not in full][: settings.promote]
+    if settings.full_eval_interval and step % settings.full_eval_interval == 0:
+        chosen = {p.sha for p in out}
+        pool = [p for p in partial if p.sha not in full and p.sha not in chosen]
+        if pool:
+            out.append(rank(pool)[0])
+    return out
 
 
 def _from_row(row: dict) -> ScoredPrompt:
@@ -170,20 +212,21 @@ def _propose(history, description, reference, exemplars, settings: StageSettings
     return kept, dropped
 
 
-def _score_step(cands, step, score: ScoreFn, sink: Sink, recall: Recall, base: dict, stage: str) -> list[ScoredPrompt]:
+def _score_step(cands, step, score: ScoreFn, sink: Sink, recall: Recall, base: dict, stage: str, *, kind: str,
+                minibatch: int | None) -> list[ScoredPrompt]:
     shas = [prompt_sha(c.text) for c in cands]
-    recalled = {sha: recall(step, sha) for sha in shas}
+    recalled = {sha: recall(step, sha, kind) for sha in shas}
     todo = [c for c, sha in zip(cands, shas) if recalled[sha] is None]
-    fresh = dict(zip([prompt_sha(c.text) for c in todo], score(todo, step))) if todo else {}
+    fresh = dict(zip([prompt_sha(c.text) for c in todo], score(todo, step, minibatch))) if todo else {}
     out = []
     for index, (cand, sha) in enumerate(zip(cands, shas)):
         if recalled[sha] is not None:
             row = recalled[sha]
         else:
             metrics, extra = fresh[sha]
-            row = {**base, "stage": stage, "step": step, "candidate_index": index, "num_candidates": len(cands),
-                   "proposer": cand.proposer, "operation": cand.operation, "prompt": cand.text, "prompt_sha": sha,
-                   "metrics": metrics, **extra}
+            row = {**base, "stage": stage, "step": step, "eval": kind, "candidate_index": index,
+                   "num_candidates": len(cands), "proposer": cand.proposer, "operation": cand.operation,
+                   "prompt": cand.text, "prompt_sha": sha, "metrics": metrics, **extra}
             sink(row)
         out.append(_from_row(row))
     return out

@@ -23,7 +23,7 @@ from ..hookspecs import OptimizerDef, Registries, Registry, hookimpl
 from ..metrics import SampleRecord
 from .budget import Budget, Projection
 from .candidates import Candidate
-from .loop import Progress, ScoredPrompt, StageSettings, rank, run_stage
+from .loop import Progress, ScoredPrompt, StageSettings, eval_kind, rank, run_stage
 from .meta_prompt import Exemplar
 
 log = logging.getLogger(__name__)
@@ -85,33 +85,67 @@ class RunOutcome:
 
 
 def project_calls(ctx: RunContext) -> Projection:
-    """Project candidate evaluations, scorer requests and reference samples of the run (upper bound)."""
+    """Project candidate evaluations, scorer requests and reference samples of the run.
+
+    Counts what the harness will ask of the scorer (cache hits included): step 0 and, per step,
+    ``num_candidates`` scored on the minibatch (racing) or the full optimize split, plus the promoted and
+    periodically promoted candidates on the full split; finalists on validation; final prompts on test.
+    """
     b = ctx.budget
-    per_step = b.num_candidates
     num_ref = round(b.num_candidates * ctx.reference_share)
     cands = requests = ref = 0
-    if ctx.mode != "no_transfer" and ctx.sources:
-        n1 = len(ctx.sources) + b.steps * per_step  # originals + candidates (upper bound)
-        cands += n1
-        requests += n1 * sum(count_scorer_requests(s, "optimize") for s in ctx.sources)
+
+    def stage(tasks: Sequence[PreparedTask], initial: int) -> None:
+        nonlocal cands, requests, ref
+        full = sum(count_scorer_requests(t, "optimize") for t in tasks)
+        m = _minibatch(ctx, tasks)
+        cands += initial + b.steps * b.num_candidates
+        requests += initial * full
+        if m is None:
+            requests += b.steps * b.num_candidates * full
+        else:
+            mini = sum(count_scorer_requests(t, "optimize", m) for t in tasks)
+            periodic = b.steps // b.full_eval_interval if b.full_eval_interval else 0
+            requests += b.steps * (b.num_candidates * mini + min(b.promote, b.num_candidates) * full)
+            requests += periodic * full
         ref += b.steps * num_ref
+
+    if ctx.mode != "no_transfer" and ctx.sources:
+        stage(ctx.sources, len(ctx.sources))
     for t in ctx.targets:
         if ctx.mode != "source_only":
-            seeds = 1 + (b.k_source if ctx.mode == "two_stage" else 0)
-            n2 = seeds + b.steps * per_step
-            cands += n2 + b.finalists
-            requests += n2 * count_scorer_requests(t, "optimize") + b.finalists * count_scorer_requests(t, "validation")
-            ref += b.steps * num_ref
+            stage([t], 1 + (b.k_source if ctx.mode == "two_stage" else 0))
+            cands += b.finalists
+            requests += b.finalists * count_scorer_requests(t, "validation")
         finals = 3 if ctx.mode == "two_stage" else 2
         cands += finals
         requests += finals * count_scorer_requests(t, "test")
     return Projection(scorer_requests=requests, reference_samples=ref, candidates=cands)
 
 
-def _settings(ctx: RunContext) -> StageSettings:
+def _minibatch(ctx: RunContext, tasks: Sequence[PreparedTask]) -> int | None:
+    """The racing minibatch (docs per task), or None when the budget does not race or the split is too small."""
+    m = ctx.budget.minibatch
+    if m is None or not tasks or m >= min(len(t.splits["optimize"]) for t in tasks):
+        return None
+    return m
+
+
+def _settings(ctx: RunContext, tasks: Sequence[PreparedTask]) -> StageSettings:
     b = ctx.budget
     return StageSettings(steps=b.steps, num_candidates=b.num_candidates, reference_share=ctx.reference_share,
-                         reference_max_tokens=b.reference_max_tokens)
+                         reference_max_tokens=b.reference_max_tokens, minibatch=_minibatch(ctx, tasks),
+                         promote=b.promote, full_eval_interval=b.full_eval_interval)
+
+
+def minibatch_ids(ctx: RunContext, stage: str, step: int, task: PreparedTask, size: int | None) -> tuple[int, ...] | None:
+    """The optimize-split doc ids of a step's minibatch for one task (seeded by run seed, stage, step, task);
+    None (the whole split) when ``size`` is None. Sorted, so requests batch the same way every time."""
+    if size is None:
+        return None
+    n = len(task.splits["optimize"])
+    rng = random.Random(f"{ctx.seed}:{stage}:{step}:minibatch:{task.name}")
+    return tuple(sorted(rng.sample(range(n), min(size, n))))
 
 
 def _exemplar_fn(tasks: Sequence[PreparedTask], k: int = 3) -> Callable[[random.Random], list[Exemplar]]:
@@ -161,8 +195,9 @@ def run_source_stage(ctx: RunContext) -> list[ScoredPrompt]:
     sources = ctx.sources
     label = "+".join(s.name for s in sources)
 
-    def score(cands: Sequence[Candidate], step: int):
-        jobs = [EvalJob(s, "optimize", c.text) for c in cands for s in sources]
+    def score(cands: Sequence[Candidate], step: int, minibatch: int | None):
+        ids = {s.name: minibatch_ids(ctx, "source", step, s, minibatch) for s in sources}
+        jobs = [EvalJob(s, "optimize", c.text, ids[s.name]) for c in cands for s in sources]
         evals = evaluate_jobs(ctx.scorer, jobs, metrics=ctx.registries.metrics)
         out = []
         for i, _c in enumerate(cands):
@@ -171,8 +206,8 @@ def run_source_stage(ctx: RunContext) -> list[ScoredPrompt]:
                                                "per_task": {e.task: e.metrics for e in group}}))
         return out
 
-    def recall(step: int, sha: str) -> dict | None:
-        rows = ctx.run.find(stage="source", task=label, step=step, prompt_sha=sha)
+    def recall(step: int, sha: str, kind: str) -> dict | None:
+        rows = [r for r in ctx.run.find(stage="source", task=label, step=step, prompt_sha=sha) if eval_kind(r) == kind]
         return rows[0] if rows else None
 
     description = "Write one instruction that works across these tasks. " + " ".join(
@@ -181,7 +216,7 @@ def run_source_stage(ctx: RunContext) -> list[ScoredPrompt]:
     total = len(initial) + ctx.budget.steps * ctx.budget.num_candidates
     return run_stage(
         stage="source", description=description, initial=initial, score=score, sink=ctx.run.append,
-        recall=recall, reference=ctx.reference, exemplars=_exemplar_fn(sources), settings=_settings(ctx),
+        recall=recall, reference=ctx.reference, exemplars=_exemplar_fn(sources), settings=_settings(ctx, sources),
         seed=ctx.seed, progress=ctx.progress("stage 1 (source)", total) if ctx.progress else None,
         row_base={"task": label}, recall_step=lambda step: ctx.run.find(stage="source", task=label, step=step),
     )
@@ -190,13 +225,15 @@ def run_source_stage(ctx: RunContext) -> list[ScoredPrompt]:
 def run_target_stage(ctx: RunContext, target: PreparedTask, seeds: Sequence[ScoredPrompt]) -> list[ScoredPrompt]:
     """Stage 2 (target prompt generation) on one target, seeded with the original and ``seeds``."""
 
-    def score(cands: Sequence[Candidate], step: int):
-        evals = evaluate_jobs(ctx.scorer, [EvalJob(target, "optimize", c.text) for c in cands],
+    def score(cands: Sequence[Candidate], step: int, minibatch: int | None):
+        ids = minibatch_ids(ctx, "target", step, target, minibatch)
+        evals = evaluate_jobs(ctx.scorer, [EvalJob(target, "optimize", c.text, ids) for c in cands],
                               metrics=ctx.registries.metrics)
         return [(e.metrics, {"split": "optimize", **_cost([e])}) for e in evals]
 
-    def recall(step: int, sha: str) -> dict | None:
-        rows = ctx.run.find(stage="target", task=target.name, step=step, prompt_sha=sha)
+    def recall(step: int, sha: str, kind: str) -> dict | None:
+        rows = [r for r in ctx.run.find(stage="target", task=target.name, step=step, prompt_sha=sha)
+                if eval_kind(r) == kind]
         return rows[0] if rows else None
 
     initial = [Candidate(target.spec.tp.instruction, "original")]
@@ -205,7 +242,7 @@ def run_target_stage(ctx: RunContext, target: PreparedTask, seeds: Sequence[Scor
     return run_stage(
         stage="target", description=target.spec.tp.description, initial=initial, score=score,
         sink=ctx.run.append, recall=recall, reference=ctx.reference, exemplars=_exemplar_fn([target]),
-        settings=_settings(ctx), seed=ctx.seed,
+        settings=_settings(ctx, [target]), seed=ctx.seed,
         progress=ctx.progress(f"stage 2 (target {target.name})", total) if ctx.progress else None,
         row_base={"task": target.name},
         recall_step=lambda step: ctx.run.find(stage="target", task=target.name, step=step),

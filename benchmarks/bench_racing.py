@@ -1,0 +1,195 @@
+"""Benchmark: racing (minibatch first, promote the best) against full evaluation of every candidate.
+
+Runs the same optimization twice per seed on the real embedded scorer with the scorer's response cache
+off, so every scorer request reaches the model: once with racing (``minibatch`` set) and once with
+every candidate scored on the full optimize split (``minibatch=None``); same seed and budget otherwise.
+Reports per seed and in total the scorer requests the model computed (loglikelihood; the whole run,
+and the search phase alone: the optimize-split scoring that racing changes, without the validation and
+test scoring both variants share) and the test composite of the final ``best_target`` prompt.
+
+The reference LLM (the same embedded model) gets a view of the model with a response cache of its own
+(``--reference-cache``), so its samples are not counted as scorer calls, and a step both variants reach
+with the same meta-prompt (step 1 always) is sampled once.
+
+Usage (fp32, 2 CPU cores: about 4 minutes per seed on an idle machine, several times that on a busy one)::
+
+    TP_CACHE_DIR=/tmp/tpcache python benchmarks/bench_racing.py
+    python benchmarks/bench_racing.py --seeds 0 --json racing.json    # then --seeds 1, ...: the table
+                                                                      # covers every run in racing.json
+    python benchmarks/bench_racing.py --quick --seeds 0     # a tiny budget: checks that it runs
+
+The last line printed is the summary, e.g.
+``racing/full scorer calls = 0.42 (search phase 0.32; target <= 0.33); mean |test composite diff| = ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+#: a medium-like budget (8 candidates, promote 1, minibatch 1/8 of the optimize split) small enough for
+#: minutes per run on 2 cores
+RACING = dict(name="bench-racing", steps=3, num_candidates=8, optimize_n=32, validation_n=24, test_n=48,
+              k_source=3, finalists=2, reference_max_tokens=64, minibatch=4, promote=1, full_eval_interval=2)
+#: ``--quick``: a short check that the benchmark runs (its numbers mean nothing)
+QUICK = dict(RACING, steps=1, num_candidates=3, optimize_n=9, validation_n=6, test_n=6, minibatch=3)
+
+
+def budgets(values: dict):
+    """The racing budget and the same budget with racing off (every candidate on the full optimize split)."""
+    from tp_harness.optimizer.budget import Budget
+
+    racing = Budget(**values)
+    return racing, replace(racing, name="bench-full", minibatch=None)
+
+
+def setup_key(budget, *, task: str, dtype: str) -> dict:
+    """What makes two runs the same run: task, dtype and the budget values that matter to its variant
+    (a full run ignores the racing settings, so one full run serves every racing configuration)."""
+    values = {k: v for k, v in asdict(budget).items() if k != "name"}
+    if budget.minibatch is None:
+        values = {k: v for k, v in values.items() if k not in ("promote", "full_eval_interval")}
+    return {"task": task, "dtype": dtype, "budget": values}
+
+
+def run_one(registries, budget, *, task: str, seed: int, results_dir: Path, dtype: str, reference_cache: Path,
+            run_id: str) -> dict:
+    """One real optimization (``--no-transfer``, scorer cache off); returns its counts and test composites."""
+    from tp_harness.backends.cache import open_cache
+    from tp_harness.evaluator import count_scorer_requests
+    from tp_harness.optimizer.budget import BUDGETS
+    from tp_harness.runner import OptimizeSettings, run_optimize
+
+    BUDGETS[budget.name] = budget  # prepare_run looks the budget up by name
+    seen: dict = {}
+
+    def on_projection(projection, ctx) -> None:
+        reference = copy.copy(ctx.scorer)  # same model, own cache and counters
+        reference.cache = open_cache(reference_cache)
+        reference.issued = dict.fromkeys(ctx.scorer.issued, 0)
+        reference.computed = dict.fromkeys(ctx.scorer.computed, 0)
+        ctx.reference = reference
+        seen.update(projection=projection, ctx=ctx, before=dict(ctx.scorer.computed))
+
+    settings = OptimizeSettings(targets=[task], sources=[], mode="no_transfer", budget=budget.name, seed=seed,
+                                results_dir=str(results_dir), run_id=run_id, dtype=dtype,
+                                cache=False)
+    t0 = time.perf_counter()
+    run, results = run_optimize(settings, registries, on_projection=on_projection)
+    wall = time.perf_counter() - t0
+    ctx = seen["ctx"]
+    assert ctx.scorer.cache is None, "the scorer must not use the response cache in this benchmark"
+    prep = ctx.targets[0]
+    per_doc = count_scorer_requests(prep, "optimize") / len(prep.splits["optimize"])  # label words: constant
+    rows = run.journal()
+    calls = results["tp"]["calls"]
+    evals = {e["prompt_kind"]: e for e in results["tp"]["evaluations"]}
+    return {
+        "variant": "racing" if budget.minibatch else "full", "seed": seed, "wall_s": round(wall, 1),
+        "scorer_computed": calls["scorer_computed"], "scorer_issued": calls["scorer_requests"],
+        "projected": calls["projected_scorer_requests"],
+        "search_requests": round(sum(r["n"] * per_doc for r in rows if r["stage"] == "target")),
+        "reference_samples": ctx.reference.issued["generate_until"],
+        "full_evals": sum(1 for r in rows if r["stage"] == "target" and r.get("eval", "full") == "full"),
+        "partial_evals": sum(1 for r in rows if r.get("eval") == "partial"),
+        "test_best": evals["best_target"]["metrics"]["composite"],
+        "test_original": evals["original"]["metrics"]["composite"],
+        "best_prompt": evals["best_target"]["prompt"],
+    }
+
+
+def report(runs: list[dict], *, task: str, dtype: str, budget: dict) -> None:
+    """Print the per-seed table, the totals and (last line) the summary ratios."""
+    print(f"racing vs full evaluation: task {task}, --no-transfer, scorer cache off, dtype {dtype}")
+    print(f"budget: {budget} (full: minibatch=None)")
+    head = (f"{'seed':>4} {'variant':<7} {'wall s':>7} {'scorer computed':>15} {'projected':>9} "
+            f"{'search reqs':>11} {'full/partial evals':>18} {'test best':>9} {'test orig':>9}")
+    print(head)
+    print("-" * len(head))
+    for r in runs:
+        evals = f"{r['full_evals']}/{r['partial_evals']}"
+        print(f"{r['seed']:>4} {r['variant']:<7} {r['wall_s']:7.1f} {r['scorer_computed']:15d} {r['projected']:9d} "
+              f"{r['search_requests']:11d} {evals:>18} {r['test_best']:9.4f} {r['test_original']:9.4f}")
+    tot = {v: [r for r in runs if r["variant"] == v] for v in ("racing", "full")}
+    for v, rs in tot.items():
+        print(f"{'all':>4} {v:<7} {sum(r['wall_s'] for r in rs):7.1f} {sum(r['scorer_computed'] for r in rs):15d} "
+              f"{sum(r['projected'] for r in rs):9d} {sum(r['search_requests'] for r in rs):11d}")
+    ratio = sum(r["scorer_computed"] for r in tot["racing"]) / sum(r["scorer_computed"] for r in tot["full"])
+    search_ratio = sum(r["search_requests"] for r in tot["racing"]) / sum(r["search_requests"] for r in tot["full"])
+    pairs = list(zip(tot["racing"], tot["full"]))
+    diffs = [abs(a["test_best"] - b["test_best"]) for a, b in pairs]
+    same = sum(a["best_prompt"] == b["best_prompt"] for a, b in pairs)
+    print(f"same best_target prompt in {same} of {len(pairs)} seeds; |test composite diff| per seed: "
+          + ", ".join(f"{d:.4f}" for d in diffs))
+    print(f"racing/full scorer calls = {ratio:.2f} (search phase {search_ratio:.2f}; target <= 0.33); "
+          f"mean |test composite diff| = {sum(diffs) / len(diffs):.3f} (target <= 0.01)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--task", default="financial_phrasebank", help="target task (default financial_phrasebank)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--results-dir", type=Path, default=None, help="run directories (default: a temporary one)")
+    parser.add_argument("--reference-cache", type=Path, default=None,
+                        help="response cache of the reference LLM's samples (default: a temporary directory)")
+    parser.add_argument("--minibatch", type=int, default=None, help=f"racing minibatch (default {RACING['minibatch']})")
+    parser.add_argument("--promote", type=int, default=None, help=f"racing promote (default {RACING['promote']})")
+    parser.add_argument("--full-eval-interval", type=int, default=None,
+                        help=f"racing full-eval interval (default {RACING['full_eval_interval']})")
+    parser.add_argument("--quick", action="store_true", help="a tiny budget, to check that the script runs")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="write the per-run numbers here after each run; runs of the same setup already in "
+                             "the file are kept and not re-run (so seeds, or racing settings, can run in separate "
+                             "invocations: a full run serves every racing setting)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING)
+    from tp_harness.plugins import build_registries
+
+    registries = build_registries()
+    from tp_harness.runner import build_backend
+
+    build_backend("embedded:smollm2-135m", "", registries, dtype=args.dtype, batch_size="16", cache=False)  # load once,
+    # before anything is timed (run_optimize gets the same process-wide backend back)
+    values = dict(QUICK if args.quick else RACING)
+    for key in ("minibatch", "promote", "full_eval_interval"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    racing, full = budgets(values)
+    results_dir = args.results_dir or Path(tempfile.mkdtemp(prefix="bench_racing_"))
+    reference_cache = args.reference_cache or Path(tempfile.mkdtemp(prefix="bench_racing_refcache_"))
+    saved = json.loads(args.json.read_text()) if args.json and args.json.is_file() else []
+    runs: list[dict] = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for budget in (racing, full):
+            key = setup_key(budget, task=args.task, dtype=args.dtype)
+            done = [r for r in saved if r["seed"] == seed and r.get("setup") == key]
+            if done:  # a finished run of the same setup: kept, not re-run
+                runs.append(done[0])
+                continue
+            tag = "" if budget.minibatch is None else f"-m{budget.minibatch}p{budget.promote}i{budget.full_eval_interval}"
+            r = run_one(registries, budget, task=args.task, seed=seed, results_dir=results_dir, dtype=args.dtype,
+                        reference_cache=reference_cache, run_id=f"{budget.name}{tag}-seed{seed}")
+            r["setup"] = key
+            runs.append(r)
+            saved.append(r)
+            print(f"  seed {seed} {r['variant']:<6} {r['wall_s']:7.1f} s  scorer computed {r['scorer_computed']:5d}  "
+                  f"test composite {r['test_best']:.4f}", file=sys.stderr, flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(saved, indent=2))
+    print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}; cpus: {os.cpu_count()}")
+    report(runs, task=args.task, dtype=args.dtype, budget=values)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The response cache: never run the same (model, request) twice, across runs and processes.
+
+Owns one SQLite database in WAL mode (``$TP_CACHE_DIR/responses.sqlite``, default
+``~/.cache/tp_harness``) and the cache key (DESIGN.md section 4): a sha256 over the backend name, the
+model identity (checkpoint path or name, revision, dtype, GGUF sha256), the chat template hash, the
+request type, the request arguments (context and continuation, or context and generation settings) and,
+for sampled generations, the rollout (seed, index). Errors and empty generations are never stored.
+Several processes may read and write one database at once: writes are single ``INSERT OR IGNORE``
+transactions, readers never block writers (WAL), and a busy database is retried for up to 60 s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    key TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    request_type TEXT NOT NULL,
+    value TEXT NOT NULL,
+    created REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_CHUNK = 500  # keys per SELECT (SQLite's variable limit is 32766; smaller chunks keep statements cheap)
+
+
+def default_cache_dir() -> Path:
+    """``$TP_CACHE_DIR``, else ``~/.cache/tp_harness`` (the same folder holds converted models)."""
+    return Path(os.environ.get("TP_CACHE_DIR") or Path.home() / ".cache" / "tp_harness")
+
+
+def model_key(identity: Mapping[str, Any]) -> str:
+    """A short, stable id of a model identity dict (16 hex chars); the ``model`` column of the cache."""
+    return hashlib.sha256(json.dumps(dict(identity), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def request_key(identity: Mapping[str, Any], request_type: str, arguments: Sequence[Any],
+                rollout: tuple[int, int] | None = None) -> str:
+    """The cache key of one request: sha256 hex over model identity, request type, arguments and rollout.
+
+    :param identity: the backend's identity (backend, checkpoint or name, revision, dtype, chat template).
+    :param request_type: ``loglikelihood`` or ``generate_until``.
+    :param arguments: lm-eval ``Instance.arguments``: ``(context, continuation)`` or ``(context, gen_kwargs)``.
+    :param rollout: ``(seed, index)`` for sampled generations (``do_sample``), None for deterministic ones.
+    """
+    payload = {"v": SCHEMA_VERSION, "model": dict(identity), "type": request_type,
+               "args": list(arguments), "rollout": list(rollout) if rollout else None}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class CacheStats:
+    """Counters of one process's use of the cache: ``hits`` served from disk, ``misses`` computed."""
+
+    hits: int = 0
+    misses: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses}
+
+
+class ResponseCache:
+    """A SQLite (WAL) store of scorer and reference responses keyed by :func:`request_key`.
+
+    Values are JSON: ``[loglikelihood, is_greedy]`` for loglikelihood, the string for generate_until.
+    :param path: the database file; its folder is created. Safe to share between processes.
+    :raises sqlite3.DatabaseError: the file exists and is not a SQLite database.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.stats = CacheStats()
+        self._local = threading.local()
+        with self._connect() as con:
+            con.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            self._local.con = con
+        return con
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The stored values of ``keys`` that are present (decoded from JSON), by key."""
+        keys = list(dict.fromkeys(keys))
+        out: dict[str, Any] = {}
+        con = self._connect()
+        for i in range(0, len(keys), _CHUNK):
+            chunk = keys[i:i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for key, value in con.execute(f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk):
+                out[key] = json.loads(value)
+        return out
+
+    def put_many(self, rows: Iterable[tuple[str, str, str, Any]]) -> int:
+        """Store ``(key, model, request_type, value)`` rows in one transaction; existing keys are kept.
+
+        Empty generations (``""``) and None values are skipped: they are never cached.
+        :return: the number of rows offered for storing (after skipping).
+        """
+        now = time.time()
+        data = [(k, m, t, json.dumps(v), now) for k, m, t, v in rows if v is not None and v != ""]
+        if not data:
+            return 0
+        con = self._connect()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.executemany("INSERT OR IGNORE INTO responses (key, model, request_type, value, created) "
+                            "VALUES (?, ?, ?, ?, ?)", data)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return len(data)
+
+    def summary(self) -> dict[str, Any]:
+        """What is stored: the file, its size in bytes, the entry count and counts per (model, request type)."""
+        con = self._connect()
+        rows = con.execute("SELECT model, request_type, COUNT(*) FROM responses GROUP BY model, request_type "
+                           "ORDER BY model, request_type").fetchall()
+        size = sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
+        return {"path": str(self.path), "bytes": size, "entries": sum(r[2] for r in rows),
+                "by_model": [{"model": m, "request_type": t, "entries": n} for m, t, n in rows]}
+
+    def clear(self, model: str | None = None) -> int:
+        """Delete every entry (or those of one ``model`` key); :return: how many were deleted."""
+        con = self._connect()
+        if model:
+            cur = con.execute("DELETE FROM responses WHERE model = ?", (model,))
+        else:
+            cur = con.execute("DELETE FROM responses")
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return cur.rowcount
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+
+_OPEN: dict[str, ResponseCache] = {}
+
+
+def open_cache(directory: str | Path | None = None) -> ResponseCache:
+    """The process-wide :class:`ResponseCache` of ``directory`` (default :func:`default_cache_dir`)."""
+    path = (Path(directory) if directory else default_cache_dir()) / "responses.sqlite"
+    key = str(path.resolve())
+    if key not in _OPEN:
+        _OPEN[key] = ResponseCache(path)
+    return _OPEN[key]

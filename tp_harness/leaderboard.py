@@ -1,0 +1,352 @@
+"""The cross-run leaderboard: every stored run's test-split results as markdown, CSV or JSON.
+
+Owns rendering and writing ``results/LEADERBOARD.md`` (and ``--format csv|json``): the overview matrix
+(models x datasets, original -> optimized composite), one table per dataset with all six metrics, n and
+bootstrap intervals, the ablation table (two-stage vs no-transfer vs source-only), the list of runs with
+links to their reports and plots, and the skipped files; plus the overview and ablation figures. The rows
+come from :mod:`tp_harness.leaderboard_data`, the stored files from :mod:`tp_harness.stored_runs` (a
+corrupt or partial results file is reported and skipped, never fatal). It runs no model (DESIGN.md
+section 1). Deterministic: the same stored files give the same bytes (no clock, no absolute path).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from .journal import atomic_write_text
+from .leaderboard_data import (
+    MODES,
+    Row,
+    ablation_groups,
+    delta_is_significant,
+    evaluation_rows,
+    optimized_row,
+    overview_cells,
+)
+from .plots import plot_ablation, plot_overview
+from .stored_runs import StoredRun, fmt_value, is_number, load_results, md_cell
+
+__all__ = ["FORMATS", "build_leaderboard", "evaluation_rows", "leaderboard_csv", "leaderboard_json", "load_results",
+           "render_leaderboard", "task_tables", "write_leaderboard"]
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("md", "csv", "json")
+METRIC_COLUMNS = (
+    ("acc", "ACC"),
+    ("ifr", "IFR"),
+    ("ece", "ECE"),
+    ("auroc", "AUROC"),
+    ("pr_p", "PR-P"),
+    ("pr_n", "PR-N"),
+    ("composite", "composite"),
+)
+TABLE_HEADERS = ["model", "run", "mode", "prompt", *(d for _, d in METRIC_COLUMNS), "ACC 95% CI",
+                 "composite 95% CI", "n"]
+RUN_PLOTS = (("trajectory.png", "trajectory"), ("reliability.png", "reliability"), ("metrics.png", "metrics"))
+FIGURES_DIR = "leaderboard_plots"
+
+LEADERBOARD_INTRO = (
+    "Each row is one prompt scored on the held-out **test** split of a target dataset: the task's "
+    "original instruction, the best stage-1 (source) prompt and the best stage-2 (target) prompt. "
+    "Metrics: ACC (accuracy), IFR (instruction-following rate), ECE (expected calibration error, "
+    "10 equal-width bins; **lower is better**), AUROC (confidence separating correct from wrong "
+    "answers), PR-P and PR-N (precision-recall areas with correct, resp. wrong, answers as the "
+    "positive class) and composite (the weighted objective the optimizer maximizes); all are in "
+    '[0, 1] and higher is better except ECE. n is the number of test samples. "n/a" marks an '
+    "undefined value, such as IFR in multiple_choice mode or AUROC when every answer is correct "
+    "(or every answer wrong). 95% CIs are percentile bootstrap intervals (1,000 resamples of the "
+    "stored per-sample records, fixed seed). Rebuilt from stored results.json and samples files; "
+    "no model is run."
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _fmt_ci(ci: tuple[float, float] | None) -> str:
+    return "n/a" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _table_cells(row: Row) -> list[str]:
+    return [
+        md_cell(row.run.model),
+        md_cell(row.run.run_id),
+        md_cell(row.run.mode),
+        md_cell(row.kind.replace("_", " ")),
+        *(fmt_value(row.metrics.get(key)) for key, _ in METRIC_COLUMNS),
+        _fmt_ci(row.acc_ci),
+        _fmt_ci(row.composite_ci),
+        "n/a" if row.n is None else str(row.n),
+    ]
+
+
+def task_tables(rows: Sequence[Row], heading: str) -> list[str]:
+    """Markdown lines: one ``<heading> <task>`` section and table per task, tasks in name order.
+
+    Columns: model, run, mode, prompt, ACC, IFR, ECE, AUROC, PR-P, PR-N, composite, ACC 95% CI,
+    composite 95% CI, n; 3 decimals, ``n/a`` for undefined values.
+    """
+    lines: list[str] = []
+    for task in sorted({r.task for r in rows}):
+        cells = [_table_cells(r) for r in rows if r.task == task]
+        lines += [f"{heading} {task}", "",
+                  tabulate(cells, headers=TABLE_HEADERS, tablefmt="github", disable_numparse=True), ""]
+    return lines
+
+
+def _delta_text(before: Row, after: Row) -> str:
+    """``"+0.097"`` (``*`` when the paired 95% CI of the difference excludes 0), or n/a."""
+    if before.composite is None or after.composite is None:
+        return "n/a"
+    delta = after.composite - before.composite
+    return f"{delta:+.3f}" + ("*" if delta_is_significant(before, after) else "")
+
+
+def _overview_lines(rows: Sequence[Row], figure: str | None) -> list[str]:
+    cells = overview_cells(rows)
+    if not cells:
+        return []
+    models = sorted({m for m, _ in cells})
+    tasks = sorted({t for _, t in cells})
+    body = []
+    for model in models:
+        line = [md_cell(model)]
+        for task in tasks:
+            pair = cells.get((model, task))
+            if pair is None:
+                line.append("")
+                continue
+            before, after = pair
+            mode = "" if after.run.mode == "two_stage" else f" ({after.run.mode})"
+            n = f", n={after.n}" if after.n is not None else ""
+            line.append(f"{fmt_value(before.composite)} → {fmt_value(after.composite)} "
+                        f"({_delta_text(before, after)}){n}{mode}")
+        body.append(line)
+    lines = ["## Overview", "",
+             "Composite on the test split: original instruction → optimized prompt (difference), n test "
+             "samples. Each cell is the two-stage run with the most test samples (then the newest); a `*` marks a "
+             "difference whose paired 95% bootstrap CI excludes 0. Other runs and ablations are in the tables "
+             "below.", "",
+             tabulate(body, headers=["model", *tasks], tablefmt="github", disable_numparse=True), ""]
+    if figure:
+        lines += [f"![Composite, original vs optimized prompt, per model and dataset]({figure})", ""]
+    return lines
+
+
+def _ablation_lines(rows: Sequence[Row], figure: str | None) -> list[str]:
+    groups = ablation_groups(rows)
+    if not groups:
+        return []
+    body = []
+    for (model, task, budget, seed), by_mode in groups.items():
+        original = next((r for m in MODES for r in by_mode.get(m, []) if r.kind == "original"), None)
+        line = [md_cell(model), md_cell(task), md_cell(budget), md_cell(seed),
+                "n/a" if original is None or original.n is None else str(original.n),
+                fmt_value(original.composite) if original else "n/a"]
+        for mode in MODES:
+            best = optimized_row(by_mode[mode]) if mode in by_mode else None
+            if best is None:
+                line.append("")
+                continue
+            orig = next((r for r in by_mode[mode] if r.kind == "original"), None)
+            line.append(f"{fmt_value(best.composite)} ({_delta_text(orig, best) if orig else 'n/a'})")
+        body.append(line)
+    headers = ["model", "dataset", "budget", "seed", "n", "original", "two-stage", "no transfer", "source only"]
+    lines = ["## Ablation: two-stage vs no transfer vs source only", "",
+             "Test composite of each mode's final prompt (difference to the original instruction, `*`: paired 95% "
+             "bootstrap CI excludes 0), for every model, dataset, budget and seed with at least two modes. "
+             "two-stage: the paper's setup (stage 1 on the source tasks, stage 2 on the target); no transfer: "
+             "stage 2 alone from the original instruction (`--no-transfer`); source only: stage 1's best "
+             "prompt used as is (`--source-only`).", "",
+             tabulate(body, headers=headers, tablefmt="github", disable_numparse=True), ""]
+    if figure:
+        lines += [f"![Ablation: test composite per mode]({figure})", ""]
+    return lines
+
+
+def _link(path: Path, base: Path) -> str:
+    return Path(os.path.relpath(path, base)).as_posix()
+
+
+def _runs_lines(runs: Sequence[StoredRun], link_base: Path | None) -> list[str]:
+    body = []
+    for run in sorted(runs, key=lambda r: (r.model, r.run_id)):
+        base = link_base if link_base is not None else run.run_dir.parent.parent
+        links = [f"[{label}]({_link(run.run_dir / name, base)})" for name, label in RUN_PLOTS
+                 if (run.run_dir / name).is_file()]
+        report = run.run_dir / "report.md"
+        sources = run.tp.get("sources") if isinstance(run.tp.get("sources"), list) else []
+        body.append([md_cell(run.run_id), md_cell(run.model), md_cell(run.mode), md_cell(run.budget),
+                     md_cell(run.seed), md_cell(", ".join(map(str, sources)) or "none"),
+                     md_cell(", ".join(run.targets)),
+                     f"[report.md]({_link(report, base)})" if report.is_file() else "n/a",
+                     " ".join(links) or "n/a"])
+    if not body:
+        return []
+    headers = ["run", "model", "mode", "budget", "seed", "sources", "targets", "report", "plots"]
+    return ["## Runs", "",
+            "Every stored run, with its report (best prompts, trajectory, reproduce commands) and plots: the "
+            "optimization trajectory (best composite per step, per stage), the reliability diagram of the "
+            "original vs the optimized prompt, and per-metric before/after bars.", "",
+            tabulate(body, headers=headers, tablefmt="github", disable_numparse=True), ""]
+
+
+def build_leaderboard(
+    runs: list[StoredRun],
+    *,
+    problems: Sequence[str] = (),
+    link_base: Path | None = None,
+    figures: dict[str, str] | None = None,
+    rows: Sequence[Row] | None = None,
+) -> str:
+    """Render the leaderboard markdown.
+
+    :param runs: stored runs, as :func:`load_results` returns them.
+    :param problems: lines for skipped files, listed under a "Skipped" section when non-empty.
+    :param link_base: the directory the markdown will live in; links to run files are relative to it
+        (default: each run's results folder, i.e. links read ``runs/<run_id>/...``).
+    :param figures: ``{"overview" | "ablation": relative PNG path}`` to embed (drawn by the caller).
+    :param rows: precomputed :func:`evaluation_rows` of ``runs`` (computed here when omitted).
+    :return: markdown text ending in a newline: title and metric explanation; "Overview" (models x
+        datasets); one ``## <task>`` table per dataset (columns model, run, mode, prompt, ACC, IFR,
+        ECE, AUROC, PR-P, PR-N, composite, ACC 95% CI, composite 95% CI, n; rows sorted by model, run
+        id and prompt kind original < best source < best target); "Ablation" when a model/dataset has
+        two or more modes; "Runs" with links; "Skipped". Deterministic: same inputs, same bytes.
+    """
+    rows = evaluation_rows(runs) if rows is None else rows
+    figures = figures or {}
+    lines = ["# tp-harness leaderboard", "", LEADERBOARD_INTRO, ""]
+    if rows:
+        lines += _overview_lines(rows, figures.get("overview"))
+        lines += task_tables(rows, "##")
+        lines += _ablation_lines(rows, figures.get("ablation"))
+    else:
+        lines += ["No test-split evaluations found.", ""]
+    lines += _runs_lines(runs, link_base)
+    if problems:
+        lines += ["## Skipped", ""]
+        lines += [f"- {md_cell(p)}" for p in problems]
+        lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# CSV and JSON
+
+
+def _record(row: Row) -> dict[str, Any]:
+    def ci(value: tuple[float, float] | None, end: int) -> float | None:
+        return None if value is None else value[end]
+
+    rec: dict[str, Any] = {
+        "task": row.task, "model": row.run.model, "run_id": row.run.run_id, "mode": row.run.mode,
+        "budget": row.run.budget, "seed": row.run.tp.get("seed"), "prompt_kind": row.kind, "n": row.n,
+    }
+    for key, _ in METRIC_COLUMNS:
+        value = row.metrics.get(key)
+        rec[key] = float(value) if is_number(value) else None
+    rec.update(acc_ci_low=ci(row.acc_ci, 0), acc_ci_high=ci(row.acc_ci, 1),
+               composite_ci_low=ci(row.composite_ci, 0), composite_ci_high=ci(row.composite_ci, 1),
+               prompt_sha=row.prompt_sha, prompt=row.prompt)
+    return rec
+
+
+def leaderboard_csv(rows: Sequence[Row]) -> str:
+    """One CSV line per test-split evaluation (header first; full-precision numbers, empty for n/a).
+
+    Columns: task, model, run_id, mode, budget, seed, prompt_kind, n, acc, ifr, ece, auroc, pr_p, pr_n,
+    composite, acc_ci_low, acc_ci_high, composite_ci_low, composite_ci_high, prompt_sha, prompt.
+    """
+    buf = io.StringIO()
+    records = [_record(r) for r in rows]
+    fields = list(_record(rows[0])) if rows else ["task", "model", "run_id", "mode", "prompt_kind"]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for rec in records:
+        writer.writerow({k: ("" if v is None else repr(v) if isinstance(v, float) else v) for k, v in rec.items()})
+    return buf.getvalue()
+
+
+def leaderboard_json(rows: Sequence[Row], *, problems: Sequence[str] = ()) -> str:
+    """``{"rows": [...], "skipped": [...]}``: the CSV's records as JSON objects (null for n/a), indented."""
+    return json.dumps({"rows": [_record(r) for r in rows], "skipped": list(problems)}, indent=2,
+                      ensure_ascii=False) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def _draw_figures(rows: Sequence[Row], out_dir: Path, link_base: Path) -> dict[str, str]:
+    """Draw the overview and ablation bar charts into ``out_dir``; return their links relative to ``link_base``."""
+    figures: dict[str, str] = {}
+    cells = overview_cells(rows)
+    if cells:
+        bars = {f"{m}\n{t}": (b.composite, a.composite, b.composite_ci, a.composite_ci)
+                for (m, t), (b, a) in sorted(cells.items())}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        figures["overview"] = _link(plot_overview(bars, out_dir / "overview.png"), link_base)
+    groups = ablation_groups(rows)
+    if groups:
+        data = {}
+        for (model, task, budget, seed), by_mode in groups.items():
+            original = next((r for m in MODES for r in by_mode.get(m, []) if r.kind == "original"), None)
+            values = {"original": original.composite if original else None}
+            for mode in MODES:
+                best = optimized_row(by_mode[mode]) if mode in by_mode else None
+                values[mode] = best.composite if best else None
+            data[f"{model}\n{task}\n{budget} s{seed}"] = values
+        out_dir.mkdir(parents=True, exist_ok=True)
+        figures["ablation"] = _link(plot_ablation(data, out_dir / "ablation.png"), link_base)
+    return figures
+
+
+def render_leaderboard(results_root: Path, *, fmt: str = "md", output: Path | None = None) -> str:
+    """The leaderboard of ``results_root/runs/*`` as text in ``fmt`` (``md``, ``csv`` or ``json``).
+
+    For ``md``, the overview and ablation figures are drawn into ``<output dir>/leaderboard_plots/``
+    (``output`` defaults to ``results_root/LEADERBOARD.md``) and links are relative to that directory.
+    :raises ValueError: unknown ``fmt``.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown leaderboard format {fmt!r}; use one of {', '.join(FORMATS)}")
+    results_root = Path(results_root)
+    runs, problems = load_results(results_root)
+    rows = evaluation_rows(runs)
+    if fmt == "csv":
+        return leaderboard_csv(rows)
+    if fmt == "json":
+        return leaderboard_json(rows, problems=problems)
+    output = Path(output) if output is not None else results_root / "LEADERBOARD.md"
+    base = output.parent
+    figures = _draw_figures(rows, base / FIGURES_DIR, base)
+    return build_leaderboard(runs, problems=problems, link_base=base, figures=figures, rows=rows)
+
+
+def write_leaderboard(results_root: Path, output: Path | None = None, *, fmt: str = "md") -> Path:
+    """Rebuild the leaderboard from ``results_root/runs/*/results.json`` and write it atomically.
+
+    :param results_root: the results folder.
+    :param output: the file to write; default ``results_root/LEADERBOARD.md`` (``.csv`` / ``.json`` for
+        those formats).
+    :param fmt: ``md`` (with figures under ``leaderboard_plots/`` next to ``output``), ``csv`` or ``json``.
+    :return: the written path. Corrupt result files are listed (md "Skipped" section, json ``skipped``)
+        and logged, never raised.
+    """
+    results_root = Path(results_root)
+    default = {"md": "LEADERBOARD.md", "csv": "leaderboard.csv", "json": "leaderboard.json"}.get(fmt, "LEADERBOARD")
+    output = Path(output) if output is not None else results_root / default
+    atomic_write_text(output, render_leaderboard(results_root, fmt=fmt, output=output))
+    log.info("wrote leaderboard %s", output)
+    return output

@@ -1,0 +1,180 @@
+"""The leaderboard's data: test-split evaluation rows with bootstrap intervals, headline runs and ablations.
+
+Owns turning stored runs into :class:`Row` objects (one per test-split evaluation, with 95% percentile
+bootstrap intervals of ACC and the composite from the stored per-sample records), choosing the headline
+run of each (model, dataset) overview cell, grouping runs of the three modes into ablation groups, and
+the paired difference test that marks a significant change. Pure: stored files in, rows out; the
+rendering is :mod:`tp_harness.leaderboard`.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .bootstrap import (
+    SampleArrays,
+    bootstrap_intervals,
+    paired_delta_interval,
+    weighted_composite,
+    weighted_metrics,
+)
+from .metrics import DEFAULT_WEIGHTS
+from .stored_runs import StoredRun, is_number, read_jsonl_rows
+
+PROMPT_KINDS = ("original", "best_source", "best_target")
+MODES = ("two_stage", "no_transfer", "source_only")
+BOOTSTRAP_SEED = 20250220  # arXiv 2502.14211's date; any fixed number keeps the intervals reproducible
+
+
+def _kind_order(kind: Any) -> tuple[int, str]:
+    kind = str(kind)
+    return (PROMPT_KINDS.index(kind) if kind in PROMPT_KINDS else len(PROMPT_KINDS), kind)
+
+
+def _seed(*parts: str) -> list[int]:
+    """A bootstrap seed from ``parts`` (model, task, prompt sha(s)): stable across machines and runs, so the
+    same prompt scored on the same docs by the same model gets the same interval in every run that holds it."""
+    return [BOOTSTRAP_SEED, zlib.crc32("/".join(parts).encode("utf-8"))]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One test-split evaluation of the leaderboard: a (run, task, prompt kind) with its metrics.
+
+    :ivar metrics: the stored metric values (floats in [0, 1] or None), keyed ``acc`` ... ``composite``.
+    :ivar acc_ci, composite_ci: 95% percentile bootstrap intervals from the stored samples, or None
+        (no samples file; or, for the composite, the stored composite used weights other than the
+        defaults, so it cannot be recomputed from the samples).
+    :ivar samples: the evaluation's sample columns (None without a samples file), for paired deltas.
+    """
+
+    run: StoredRun
+    task: str
+    kind: str
+    n: int | None
+    metrics: dict[str, Any]
+    prompt: str
+    prompt_sha: str
+    acc_ci: tuple[float, float] | None = None
+    composite_ci: tuple[float, float] | None = None
+    samples: SampleArrays | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def composite(self) -> float | None:
+        """The stored composite, or None when it is missing or not a number."""
+        value = self.metrics.get("composite")
+        return float(value) if is_number(value) else None
+
+
+def _load_samples(run: StoredRun, ev: dict[str, Any]) -> SampleArrays | None:
+    rel = ev.get("samples_file")
+    path = run.run_dir / str(rel) if rel else None
+    if path is None or not path.is_file():
+        return None
+    rows = read_jsonl_rows(path)
+    return SampleArrays.from_records(rows) if rows else None
+
+
+def _composite_recomputable(samples: SampleArrays, metrics: dict[str, Any]) -> bool:
+    """Whether the default weights reproduce the stored composite from the samples (to 1e-9)."""
+    stored = metrics.get("composite")
+    if not is_number(stored):
+        return False
+    values = weighted_metrics(samples, [[1.0] * samples.n])
+    full = float(weighted_composite(values, DEFAULT_WEIGHTS)[0])
+    return math.isfinite(full) and abs(full - float(stored)) < 1e-9
+
+
+def evaluation_rows(runs: Sequence[StoredRun], *, with_ci: bool = True) -> list[Row]:
+    """The test-split evaluations of ``runs`` as rows sorted by (task, model, run id, prompt kind).
+
+    :param with_ci: compute the bootstrap intervals (needs the samples files; about 10 ms a row).
+    """
+    keyed = []
+    for run in runs:
+        for ev in run.evaluations:
+            if ev.get("split", "test") != "test":
+                continue
+            metrics = ev.get("metrics") if isinstance(ev.get("metrics"), dict) else {}
+            n = ev.get("n")
+            kind, task = str(ev.get("prompt_kind", "?")), str(ev.get("task", "?"))
+            samples = _load_samples(run, ev) if with_ci else None
+            acc_ci = composite_ci = None
+            if samples is not None and samples.n:
+                seed = _seed(run.model, task, str(ev.get("prompt_sha") or f"{run.run_id}/{kind}"))
+                cis = bootstrap_intervals(samples, weights=DEFAULT_WEIGHTS, seed=seed)
+                acc_ci = cis["acc"]
+                composite_ci = cis["composite"] if _composite_recomputable(samples, metrics) else None
+            row = Row(run=run, task=task, kind=kind, n=n if isinstance(n, int) and not isinstance(n, bool) else None,
+                      metrics=metrics, prompt=str(ev.get("prompt", "")), prompt_sha=str(ev.get("prompt_sha", "")),
+                      acc_ci=acc_ci, composite_ci=composite_ci, samples=samples)
+            keyed.append(((task, run.model, run.run_id, _kind_order(kind)), row))
+    return [row for _, row in sorted(keyed, key=lambda kr: kr[0])]
+
+
+def optimized_row(rows: Sequence[Row]) -> Row | None:
+    """The optimized prompt's row of one (run, task): best target, else best source."""
+    by_kind = {r.kind: r for r in rows}
+    return by_kind.get("best_target") or by_kind.get("best_source")
+
+
+def _group(rows: Sequence[Row]) -> dict[tuple[str, str], list[Row]]:
+    """Rows by (run id, task)."""
+    out: dict[tuple[str, str], list[Row]] = {}
+    for r in rows:
+        out.setdefault((r.run.run_id, r.task), []).append(r)
+    return out
+
+
+def _headline(candidates: list[list[Row]]) -> list[Row]:
+    """The run shown in an overview cell: two-stage first, then the most test samples, newest, run id."""
+    def key(group: list[Row]) -> tuple:
+        run = group[0].run
+        date = run.data.get("date")
+        mode_rank = len(MODES) - MODES.index(run.mode) if run.mode in MODES else 0
+        return (mode_rank, max((r.n or 0) for r in group), date if is_number(date) else 0.0, run.run_id)
+
+    return max(candidates, key=key)
+
+
+def overview_cells(rows: Sequence[Row]) -> dict[tuple[str, str], tuple[Row, Row]]:
+    """``{(model, task): (original row, optimized row)}`` of the headline run of each cell."""
+    candidates: dict[tuple[str, str], list[list[Row]]] = {}
+    for (_, task), group in sorted(_group(rows).items()):
+        if any(r.kind == "original" for r in group) and optimized_row(group) is not None:
+            candidates.setdefault((group[0].run.model, task), []).append(group)
+    out = {}
+    for key, groups in candidates.items():
+        group = _headline(groups)
+        out[key] = (next(r for r in group if r.kind == "original"), optimized_row(group))
+    return out
+
+
+def ablation_groups(rows: Sequence[Row]) -> dict[tuple[str, str, str, str], dict[str, list[Row]]]:
+    """``{(model, task, budget, seed): {mode: rows of that run}}`` where >= 2 of the three modes exist.
+
+    When one mode has several runs in a group, the last by run id is used.
+    """
+    groups: dict[tuple[str, str, str, str], dict[str, list[Row]]] = {}
+    for (_, task), group in sorted(_group(rows).items()):
+        run = group[0].run
+        if run.mode in MODES:
+            groups.setdefault((run.model, task, run.budget, run.seed), {})[run.mode] = group
+    return {k: v for k, v in sorted(groups.items()) if len(v) >= 2}
+
+
+def delta_is_significant(before: Row, after: Row) -> bool:
+    """Whether the paired 95% bootstrap interval of ``composite(after) - composite(before)`` excludes 0.
+
+    Pairs the two evaluations' samples by doc id (the same test docs under two prompts); False when
+    either has no samples or its stored composite cannot be recomputed from them.
+    """
+    if before.samples is None or after.samples is None or not before.composite_ci or not after.composite_ci:
+        return False
+    ci = paired_delta_interval(before.samples, after.samples, weights=DEFAULT_WEIGHTS,
+                               seed=_seed(after.run.model, after.task, before.prompt_sha, after.prompt_sha))
+    return ci is not None and (ci[0] > 0 or ci[1] < 0)

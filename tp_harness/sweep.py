@@ -1,0 +1,224 @@
+"""Sweeps: one optimization run per (model, target task, mode), resumable, then the leaderboard.
+
+Owns planning the runs of ``tp-harness sweep`` with deterministic run ids (so a re-run finds them),
+deciding per run whether it is finished (skip), interrupted (resume from its journal) or new (run),
+calling :func:`tp_harness.runner.run_optimize` for each, and rebuilding the leaderboard at the end.
+A run that fails with a deliberate error is recorded and the sweep goes on. It prints nothing: it
+logs, and reports progress through the callbacks its caller passes in (the CLI draws tqdm bars).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import RunError, TpHarnessError, UsageError
+from .hookspecs import Registries
+from .journal import CONFIG, RunDir
+from .leaderboard import write_leaderboard
+from .optimizer.loop import Progress
+from .optimizer.transfer import MODES
+from .runner import DEFAULT_SOURCES, OptimizeSettings, run_optimize
+from .stored_runs import read_results_file
+
+log = logging.getLogger(__name__)
+
+#: the test-split prompt kinds a finished run of each mode has for every target
+EXPECTED_KINDS = {
+    "two_stage": {"original", "best_source", "best_target"},
+    "no_transfer": {"original", "best_target"},
+    "source_only": {"original", "best_source"},
+}
+#: settings that must match between a sweep and a run directory it reuses
+MATCHED_SETTINGS = ("model", "model_args", "targets", "mode", "budget", "seed", "sources", "scoring_mode",
+                    "reference_model", "reference_model_args", "reference_share", "optimizer")
+
+
+@dataclass
+class SweepSettings:
+    """Settings of one ``tp-harness sweep``: the grid (models x targets x modes) and the shared run settings.
+
+    The fields after ``modes`` mean what the same ``tp-harness optimize`` flags mean; every run of the
+    sweep gets them. ``reference_model`` None lets each run pick its default (the scorer itself, or
+    ``embedded:smollm2-135m`` for a scorer without a chat template).
+    """
+
+    models: list[str]
+    targets: list[str]
+    modes: list[str] = field(default_factory=lambda: ["two_stage"])
+    sources: list[str] = field(default_factory=lambda: list(DEFAULT_SOURCES))
+    budget: str = "smoke"
+    seed: int = 0
+    results_dir: str = "results"
+    model_args: str = ""
+    reference_model: str | None = None
+    reference_model_args: str | None = None
+    reference_share: float = 0.5
+    scoring_mode: str | None = None
+    spec_dirs: list[str] = field(default_factory=list)
+    dtype: str = "float32"
+    batch_size: str = "16"
+    cache: bool = True
+
+
+@dataclass(frozen=True)
+class SweepItem:
+    """One planned run: its grid cell and its deterministic run id."""
+
+    model: str
+    target: str
+    mode: str
+    run_id: str
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep did, run ids in plan order.
+
+    :ivar executed: runs started from scratch. :ivar resumed: interrupted runs continued from their journal.
+    :ivar skipped: runs already finished (left untouched). :ivar failed: ``(run id, error message)``.
+    :ivar leaderboard: the rebuilt ``LEADERBOARD.md``.
+    """
+
+    executed: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    leaderboard: Path | None = None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+def sweep_run_id(model: str, target: str, mode: str, *, budget: str, seed: int) -> str:
+    """``sweep-<model>-<target>-<mode>-<budget>-s<seed>``, filesystem-safe (``:`` and ``/`` become ``-``).
+
+    Deterministic, so a re-run of the same sweep finds its run directories.
+    """
+    return _slug(f"sweep-{model}-{target}-{mode}-{budget}-s{seed}")
+
+
+def plan_sweep(settings: SweepSettings) -> list[SweepItem]:
+    """The runs of a sweep, ordered by model, then target, then mode (as given).
+
+    :raises UsageError: no model or target, an unknown mode, or a duplicate in a list.
+    """
+    if not settings.models or not settings.targets or not settings.modes:
+        raise UsageError("a sweep needs at least one model (--models), target (--targets) and mode (--modes)")
+    for name, values in (("--models", settings.models), ("--targets", settings.targets),
+                         ("--modes", settings.modes)):
+        if len(set(values)) != len(values):
+            raise UsageError(f"{name} lists a value twice: {','.join(values)}")
+    unknown = [m for m in settings.modes if m not in MODES]
+    if unknown:
+        raise UsageError(f"--modes: {', '.join(unknown)} is not a mode; use one of {', '.join(MODES)}")
+    return [SweepItem(model, target, mode, sweep_run_id(model, target, mode, budget=settings.budget,
+                                                          seed=settings.seed))
+            for model in settings.models for target in settings.targets for mode in settings.modes]
+
+
+def run_settings(settings: SweepSettings, item: SweepItem) -> OptimizeSettings:
+    """The :class:`OptimizeSettings` of one planned run."""
+    return OptimizeSettings(
+        model=item.model, model_args=settings.model_args, reference_model=settings.reference_model,
+        reference_model_args=settings.reference_model_args, sources=list(settings.sources), targets=[item.target],
+        budget=settings.budget, seed=settings.seed, mode=item.mode, scoring_mode=settings.scoring_mode,
+        results_dir=settings.results_dir, spec_dirs=list(settings.spec_dirs), dtype=settings.dtype,
+        batch_size=settings.batch_size, run_id=item.run_id, reference_share=settings.reference_share,
+        cache=settings.cache,
+    )
+
+
+def run_state(run_dir: Path, item: SweepItem) -> str:
+    """``"finished"``, ``"interrupted"`` or ``"new"``.
+
+    finished: ``results.json`` parses and holds a test-split evaluation of every prompt kind the mode
+    produces for the target. interrupted: the directory has a ``config.json`` (so a journal) but no
+    complete ``results.json``. new: no such directory, or one with no file in it (a run killed between
+    making the directory and writing its config; it is removed).
+    :raises RunError: the directory holds files but no ``config.json`` (not a run; left alone).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        return "new"
+    if not (run_dir / CONFIG).is_file():
+        if any(p.is_file() for p in run_dir.rglob("*")):
+            raise RunError(f"{run_dir} exists but is not a tp-harness run directory (no {CONFIG}); "
+                                 "move it away or pick another --results-dir")
+        shutil.rmtree(run_dir)
+        return "new"
+    try:
+        data = read_results_file(run_dir / "results.json")
+    except ValueError:
+        return "interrupted"
+    kinds = {str(e.get("prompt_kind")) for e in data["tp"]["evaluations"]
+             if e.get("task") == item.target and e.get("split", "test") == "test"}
+    return "finished" if EXPECTED_KINDS.get(item.mode, set()) <= kinds else "interrupted"
+
+
+def _check_same_settings(run_dir: Path, planned: OptimizeSettings) -> None:
+    """:raises RunError: the run directory was made with other settings than this sweep's."""
+    saved: dict[str, Any] = RunDir.open(run_dir).config().get("settings") or {}
+    wanted = vars(planned)
+    diff = [k for k in MATCHED_SETTINGS if k in saved and saved[k] != wanted[k]
+            and not (k == "sources" and planned.mode == "no_transfer")]
+    if diff:
+        shown = ", ".join(f"{k}={saved[k]!r} (sweep: {wanted[k]!r})" for k in diff)
+        raise RunError(f"{run_dir} was made with other settings: {shown}; delete it to re-run it with "
+                             "this sweep's settings, or use another --results-dir")
+
+
+def run_sweep(
+    settings: SweepSettings,
+    registries: Registries,
+    *,
+    on_item: Callable[[SweepItem, str], None] | None = None,
+    run_progress: Callable[[str, int], Progress] | None = None,
+) -> SweepOutcome:
+    """Run every planned run that is not finished, then rebuild ``<results_dir>/LEADERBOARD.md``.
+
+    :param on_item: called with ``(item, "skip" | "run" | "resume")`` before a run and with
+        ``(item, "done" | "failed")`` after it (progress bars, messages).
+    :param run_progress: progress-bar factory handed to each run (one bar per stage).
+    :return: which runs were executed, resumed, skipped or failed, and the leaderboard path.
+    :raises UsageError: the grid is invalid (see :func:`plan_sweep`). A run's deliberate error
+        (``TpHarnessError``) is recorded in ``failed`` and the sweep continues; other exceptions propagate.
+    """
+    plan = plan_sweep(settings)
+    runs_root = Path(settings.results_dir) / "runs"
+    outcome = SweepOutcome()
+    for index, item in enumerate(plan, start=1):
+        run_dir = runs_root / item.run_id
+        planned = run_settings(settings, item)
+        try:
+            state = run_state(run_dir, item)
+            if state != "new":
+                _check_same_settings(run_dir, planned)
+            if state == "finished":
+                log.info("sweep %d/%d: %s is finished; skipped", index, len(plan), item.run_id)
+                outcome.skipped.append(item.run_id)
+                if on_item:
+                    on_item(item, "skip")
+                continue
+            action = "resume" if state == "interrupted" else "run"
+            log.info("sweep %d/%d: %s %s", index, len(plan), "resuming" if action == "resume" else "running",
+                     item.run_id)
+            if on_item:
+                on_item(item, action)
+            run_optimize(planned, registries, resume=run_dir if action == "resume" else None, progress=run_progress)
+            (outcome.resumed if action == "resume" else outcome.executed).append(item.run_id)
+            if on_item:
+                on_item(item, "done")
+        except TpHarnessError as err:
+            log.error("sweep %d/%d: %s failed: %s", index, len(plan), item.run_id, err)
+            outcome.failed.append((item.run_id, str(err)))
+            if on_item:
+                on_item(item, "failed")
+    outcome.leaderboard = write_leaderboard(Path(settings.results_dir))
+    return outcome
