@@ -169,6 +169,6 @@ def test_a_new_task_is_listed_evaluated_and_optimized_with_no_code(tmp_path: Pat
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "even_numbers.yaml::even_numbers::acc>=0.1[original] PASSED" in proc.stdout
-    assert "even_numbers.yaml::even_numbers::acc>=0.1[best] PASSED" in proc.stdout
-    assert "2 gates passed" in proc.stdout
+    assert "PASSED specs/even_numbers.yaml::even_numbers::acc>=0.1[original]" in proc.stdout
+    assert "PASSED specs/even_numbers.yaml::even_numbers::acc>=0.1[best]" in proc.stdout
+    assert "2 gates passed, 0 failed, 0 skipped" in proc.stdout, proc.stdout[-3000:]
