@@ -59,6 +59,21 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _studies_help() -> str:
+    from .studies import STUDIES
+
+    return "; ".join(f"{s.name}: {s.description}" for s in STUDIES.values())
+
+
+def _resolve_tasks(args) -> None:
+    """Fill ``args.sources`` and ``args.targets`` from ``--study`` or the defaults (see tp_harness.studies)."""
+    from .runner import DEFAULT_SOURCES, DEFAULT_TARGETS
+    from .studies import resolve_tasks
+
+    args.sources, args.targets = resolve_tasks(args.study, args.sources, args.targets, DEFAULT_SOURCES,
+                                               DEFAULT_TARGETS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``tp-harness``."""
     parser = argparse.ArgumentParser(prog="tp-harness", description="Transfer-Prompting: optimize and evaluate "
@@ -67,15 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     from .runner import DEFAULT_SOURCES, DEFAULT_TARGETS
+    from .studies import STUDIES
 
     o = sub.add_parser("optimize", help="run two-stage Transfer-Prompting (the main job)")
     _add_model_flags(o)
     o.add_argument("--reference-model", default=None, help="reference LLM backend (default: the scorer)")
     o.add_argument("--reference-model-args", default=None, help="key=value,... for the reference backend")
-    o.add_argument("--sources", type=_csv, default=list(DEFAULT_SOURCES),
+    o.add_argument("--sources", type=_csv, default=None,
                    help=f"source tasks for stage 1 (default {','.join(DEFAULT_SOURCES)})")
-    o.add_argument("--target", "--targets", dest="targets", type=_csv, default=list(DEFAULT_TARGETS),
+    o.add_argument("--target", "--targets", dest="targets", type=_csv, default=None,
                    help=f"target task(s) for stage 2 (default {','.join(DEFAULT_TARGETS)})")
+    o.add_argument("--study", default=None, choices=sorted(STUDIES),
+                   help="a named study sets --sources and --targets: " + _studies_help())
     o.add_argument("--budget", default="light", choices=["smoke", "sweep", "light", "medium", "heavy"],
                    help="search size: smoke (CI, ~2 min), light (default main job), medium, heavy")
     o.add_argument("--seed", type=int, default=0)
@@ -111,10 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--models", type=_csv, default=[DEFAULT_MODEL],
                     help=f"scorer LLMs, comma-separated (default {DEFAULT_MODEL})")
     sw.add_argument("--model-args", default="", help="key=value,... for every model's backend")
-    sw.add_argument("--targets", "--tasks", dest="targets", type=_csv, default=list(DEFAULT_TARGETS),
+    sw.add_argument("--targets", "--tasks", dest="targets", type=_csv, default=None,
                     help=f"target tasks, comma-separated (default {','.join(DEFAULT_TARGETS)})")
-    sw.add_argument("--sources", type=_csv, default=list(DEFAULT_SOURCES),
+    sw.add_argument("--sources", type=_csv, default=None,
                     help=f"source tasks for stage 1 (default {','.join(DEFAULT_SOURCES)})")
+    sw.add_argument("--study", default=None, choices=sorted(STUDIES),
+                    help="a named study sets --sources and --targets: " + _studies_help())
     sw.add_argument("--modes", type=_csv, default=["two_stage"],
                     help="two_stage (the paper's setup), no_transfer, source_only; comma-separated (default two_stage)")
     sw.add_argument("--budget", default="smoke", choices=list(BUDGETS),
@@ -191,6 +211,7 @@ def _registries():
 def _cmd_optimize(args) -> int:
     from .runner import OptimizeSettings, run_optimize
 
+    _resolve_tasks(args)
     settings = OptimizeSettings(
         model=args.model, model_args=args.model_args, reference_model=args.reference_model,
         reference_model_args=args.reference_model_args, sources=args.sources, targets=args.targets,
@@ -270,6 +291,7 @@ def _cmd_sweep(args) -> int:
 
     from .sweep import SweepSettings, plan_sweep, run_sweep
 
+    _resolve_tasks(args)
     settings = SweepSettings(
         models=args.models, targets=args.targets, modes=args.modes, sources=args.sources, budget=args.budget,
         seed=args.seed, results_dir=str(args.results_dir), model_args=args.model_args,
