@@ -254,7 +254,11 @@ class TpSession:
         from .report import load_results
 
         runs, _problems = load_results(self.results_dir)
-        for run in sorted(runs, key=lambda r: r.run_id, reverse=True):
+        def finished(run) -> tuple[float, str]:  # lm-eval's results "date" (a Unix time), then the run id
+            date = run.data.get("date")
+            return (float(date) if isinstance(date, (int, float)) else 0.0, run.run_id)
+
+        for run in sorted(runs, key=finished, reverse=True):
             config = run.data.get("config") or {}
             if run.model != self.model_name or (config.get("model_args") or "") != self.model_args:
                 continue
