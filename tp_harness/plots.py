@@ -241,18 +241,24 @@ def plot_overview(
                                   [bars[k][i + 2] for k, v in zip(labels, values, strict=True) if _is_number(v)])
             ax.bar(xs, ys, width=0.4, color=KIND_COLORS[kind], label=name, yerr=err, capsize=3,
                    error_kw={"elinewidth": 1})
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, fontsize="x-small")
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("composite (test split)")
-        ax.set_title("Original vs optimized prompt (whiskers: 95% bootstrap CI)")
-        ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(fontsize="small")
-        fig.tight_layout()
-        _atomic_save_figure(fig, path)
+        _finish_composite_bars(fig, ax, labels, "Original vs optimized prompt (whiskers: 95% bootstrap CI)", path)
     finally:
         plt.close(fig)
     return path
+
+
+
+def _finish_composite_bars(fig, ax, labels: list[str], title: str, path: Path, *, legend_columns: int = 1) -> None:
+    """Label a bar chart of test composites (one group per label, y in [0, 1]) and save it to ``path``."""
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, fontsize="x-small")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("composite (test split)")
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize="small", ncol=legend_columns)
+    fig.tight_layout()
+    _atomic_save_figure(fig, path)
 
 
 def plot_ablation(data: dict[str, dict[str, float | None]], path: Path) -> Path:
@@ -273,15 +279,8 @@ def plot_ablation(data: dict[str, dict[str, float | None]], path: Path) -> Path:
             if points:
                 xs, ys = zip(*points, strict=True)
                 ax.bar(xs, ys, width=width, color=MODE_COLORS[name], label=name.replace("_", " "))
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, fontsize="x-small")
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("composite (test split)")
-        ax.set_title("Ablation: two-stage vs no transfer vs source only")
-        ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(fontsize="small", ncol=len(series))
-        fig.tight_layout()
-        _atomic_save_figure(fig, path)
+        _finish_composite_bars(fig, ax, labels, "Ablation: two-stage vs no transfer vs source only", path,
+                               legend_columns=len(series))
     finally:
         plt.close(fig)
     return path
