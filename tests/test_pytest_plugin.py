@@ -204,3 +204,28 @@ def test_repo_command_collects_shipped_spec_gates_next_to_the_tests():
     for name, path in spec_index().items():
         prefix = f"{path.relative_to(REPO).as_posix()}::{name}::"
         assert any(i.startswith(prefix) and i.endswith("[best]") for i in ids), name
+
+
+def test_stored_best_is_the_newest_run_by_date_for_the_same_model(tmp_path):
+    """`[best]` reads the newest results.json by its lm-eval ``date``, not by run-id order, for the same model."""
+    import json
+
+    from tp_harness.pytest_plugin import TpSession
+
+    def store(run_id: str, date: float, prompt: str, model: str = "embedded:smollm2-135m") -> None:
+        run = tmp_path / "runs" / run_id
+        run.mkdir(parents=True)
+        evaluations = [{"task": "tiny_csqa", "split": "test", "prompt_kind": "best_target", "prompt": prompt,
+                        "metrics": {}, "n": 8}]
+        data = {"results": {}, "date": date, "config": {"model_args": ""},
+                "tp": {"run_id": run_id, "model": model, "mode": "two_stage", "targets": ["tiny_csqa"],
+                       "evaluations": evaluations}}
+        (run / "results.json").write_text(json.dumps(data), encoding="utf-8")
+
+    store("zzz-last-by-name", 100.0, "older prompt")
+    store("aaa-first-by-name", 300.0, "newest prompt")
+    store("zzzz-other-model", 400.0, "another model's prompt", model="hf")
+    session = TpSession(model="embedded:smollm2-135m", model_args="", reference_model=None, tasks=None,
+                        spec_dirs=[], limit=None, budget="smoke", results_dir=tmp_path, optimize=False)
+    best = session._stored_best("tiny_csqa")
+    assert best is not None and best.text == "newest prompt" and "aaa-first-by-name" in best.origin
