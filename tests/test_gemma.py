@@ -104,3 +104,39 @@ def test_gemma_cannot_be_the_reference_llm_and_defaults_to_smollm2(gemma, regist
     assert ctx.scorer is gemma and ctx.reference.name == "embedded:smollm2-135m"
     config = ctx.run.config()
     assert config["reference_model"] == "embedded:smollm2-135m" and config["scorer_identity"]["chat_template"] is None
+
+
+@pytest.mark.slow
+def test_prefix_sharing_scorer_agrees_with_lm_eval_on_gemma_incl_the_sliding_window(gemma, registries) -> None:
+    """Gemma 3 gets the prefix-sharing scorer; it matches lm-eval's HFLM to 1e-4 on real requests and on a
+    group whose packed length exceeds the 512-token sliding window (which lm-eval scores unpacked)."""
+    from tp_harness.backends.prefix_scorer import SCORER_ID, PrefixSharingScorer
+    from tp_harness.evaluator import prepare_task, render_context
+    from tp_harness.runner import load_specs
+
+    assert isinstance(gemma.fast_loglikelihood, PrefixSharingScorer)
+    assert gemma.identity["loglikelihood_scorer"] == SCORER_ID
+    scorer = gemma.fast_loglikelihood
+    assert scorer.max_packed == 512 < scorer.max_length
+
+    (spec,) = load_specs(["medqa_usmle"], [], registries)
+    prep = prepare_task(spec, sources=registries.tasks, mode="multiple_choice", caps={"test": 3})
+    reqs = []
+    for i, doc in enumerate(prep.splits["test"]):
+        ctx = render_context(prep, gemma, instruction=spec.tp.instruction, split="test", doc_id=i)
+        reqs += prep.task.construct_requests(doc=doc, ctx=ctx, metadata=("medqa_usmle", i, 1), apply_chat_template=False)
+
+    class Req:
+        def __init__(self, context: str, continuation: str) -> None:
+            self.args = self.arguments = (context, continuation)
+
+    long_context = "The patient history follows. " + "The clinic notes a stable course with no new findings. " * 40
+    options = [" " + ("a chronic inflammatory condition of the airways " * 3) + str(k) for k in range(4)]
+    reqs += [Req(long_context, option) for option in options]
+    packed = len(gemma.lm.tok_encode(long_context)) + sum(len(gemma.lm.tok_encode(o)) for o in options)
+    assert packed > 512 and all(len(gemma.lm.tok_encode(long_context + o)) < 512 for o in options)
+
+    reference = gemma.lm.loglikelihood(reqs, disable_tqdm=True)
+    got = scorer.loglikelihood(reqs)
+    for (ll, greedy), (ref_ll, ref_greedy) in zip(got, reference, strict=True):
+        assert ll == pytest.approx(ref_ll, abs=1e-4) and greedy == ref_greedy

@@ -11,7 +11,8 @@ instead of k times, and the vocabulary projection runs on a few positions instea
 
 The result per request is lm-eval's: ``(sum of continuation token log-probabilities, is_greedy)``; it
 agrees with ``HFLM.loglikelihood`` to 1e-4 (checked by tests on the embedded model). Requests it does not
-cover (empty context, sequences longer than the model's window, unsupported architectures) go to lm-eval.
+cover (empty context, sequences longer than the model's window or, packed, than its sliding attention window,
+unsupported architectures) go to lm-eval.
 Technique: shared-prefix packing with a custom attention mask, as in prefix-sharing / "packed sequences
 with block-diagonal masks" (e.g. Hydragen, Juravsky et al. 2024, and vLLM's prefix caching).
 """
@@ -24,8 +25,9 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: model types whose decoder accepts a custom 4D additive attention mask and position ids, checked here
-SUPPORTED_MODEL_TYPES = frozenset({"llama"})
+#: model types whose decoder accepts a custom 4D additive attention mask and position ids, checked against
+#: HFLM by tests on the embedded models: SmolLM2 (llama) and Gemma 3 270M (gemma3_text)
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "gemma3_text"})
 #: the scorer's id in cache keys and journals (a change of method must change cached values' key)
 SCORER_ID = "prefix-shared-v1"
 
@@ -42,6 +44,11 @@ class PrefixSharingScorer:
         self.model = lm.model
         self.max_batch_tokens = max_batch_tokens
         self.max_length = int(lm.max_length)
+        # A model with sliding-window layers (Gemma 3: 512) masks keys further back than the window. A packed
+        # sequence no longer than the window sees exactly what each unpacked request sees; longer groups go
+        # to lm-eval, which scores them unpacked.
+        window = getattr(getattr(self.model, "config", None), "sliding_window", None)
+        self.max_packed = min(self.max_length, int(window)) if window else self.max_length
 
     @classmethod
     def supports(cls, lm: Any) -> bool:
@@ -68,9 +75,9 @@ class PrefixSharingScorer:
                 continue
             groups.setdefault(tuple(ctx_enc), []).append((i, list(cont_enc)))
         packed = [(ctx, conts) for ctx, conts in groups.items()
-                  if len(ctx) + sum(len(c) for _, c in conts) <= self.max_length]
+                  if len(ctx) + sum(len(c) for _, c in conts) <= self.max_packed]
         for ctx, conts in groups.items():
-            if len(ctx) + sum(len(c) for _, c in conts) > self.max_length:
+            if len(ctx) + sum(len(c) for _, c in conts) > self.max_packed:
                 fallback.extend(i for i, _ in conts)
         for batch in self._batches(packed):
             for index, value in self._score_batch(batch):
