@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from .errors import MetricInputError, PluginError
@@ -261,8 +262,32 @@ def make_process_results(scoring: Mapping[str, Any]) -> Callable[[Mapping[str, A
     return ExportedTaskScorer(scoring, registered_metrics())
 
 
+def exported_task_functions(scoring: Mapping[str, Any], module_file: str | Path) -> tuple[
+        Callable[..., Any], Callable[[Mapping[str, Any], Sequence[Any]], dict]]:
+    """``(load, process_results)`` of an exported ``<task>_data.py``: the only code such a module holds.
+
+    ``load(**kwargs)`` is the YAML's ``custom_dataset``: a ``datasets.DatasetDict`` whose ``test`` split is
+    ``data/<task>.test.jsonl`` next to the module (the exact docs tp-harness scored; lm-eval's keyword
+    arguments are ignored). ``process_results`` is :func:`make_process_results` of ``scoring``, built now, so
+    tp-harness's metrics are registered with lm-eval when lm-eval imports the module.
+
+    :param scoring: the module's ``SCORING`` dict (see :class:`ExportedTaskScorer`).
+    :param module_file: the module's ``__file__``.
+    :raises PluginError: see :func:`make_process_results`.
+    """
+    docs = Path(module_file).resolve().parent / "data" / f"{scoring['task']}.test.jsonl"
+
+    def load(**_kwargs: Any) -> Any:
+        import datasets
+
+        return datasets.DatasetDict({"test": datasets.load_dataset("json", data_files=str(docs), split="train")})
+
+    return load, make_process_results(scoring)
+
+
 __all__ = [
     "ExportedTaskScorer",
+    "exported_task_functions",
     "make_process_results",
     "records_from_values",
     "register_with_lm_eval",

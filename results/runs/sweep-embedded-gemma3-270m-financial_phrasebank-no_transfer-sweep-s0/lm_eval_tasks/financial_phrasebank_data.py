@@ -1,20 +1,14 @@
 """Docs and scoring of the task 'financial_phrasebank' exported by tp-harness, for stock lm-eval.
 
-``load`` is the YAML's ``custom_dataset``: the exact test docs tp-harness scored. ``process_results`` is
-the YAML's ``process_results``: it turns lm-eval's answers into tp-harness sample records through
-``tp_harness.lm_eval_bridge``, whose use here also registers tp-harness's metrics (``ece``, ``auroc``,
+``load`` is the YAML's ``custom_dataset`` (the exact test docs tp-harness scored, ``data/financial_phrasebank.test.jsonl``);
+``process_results`` is the YAML's ``process_results`` (lm-eval's answers -> tp-harness sample records). Both
+come from ``tp_harness.lm_eval_bridge``, which also registers tp-harness's metrics (``ece``, ``auroc``,
 ``tp_composite``, ...) with lm-eval. Needs tp-harness installed in lm-eval's environment.
 """
-from pathlib import Path
-
-import datasets
-
 try:
-    from tp_harness.lm_eval_bridge import make_process_results
+    from tp_harness.lm_eval_bridge import exported_task_functions
 except ImportError as err:  # the YAML's metric_list names tp-harness metrics
     raise ImportError(f"task 'financial_phrasebank' is scored with tp-harness metrics: install tp-harness ({err})") from err
-
-HERE = Path(__file__).resolve().parent
 
 #: how tp-harness scores this task: mode, lm-eval fields, answer parser, metrics, composite weights
 SCORING = {'task': 'financial_phrasebank',
@@ -29,16 +23,4 @@ SCORING = {'task': 'financial_phrasebank',
  'weights': {'acc': 0.35, 'ifr': 0.25, 'ece': 0.2, 'auroc': 0.1, 'pr_p': 0.05, 'pr_n': 0.05},
  'extra_metrics': []}
 
-
-def load(**_kwargs):
-    return datasets.DatasetDict(
-        {"test": datasets.load_dataset("json", data_files=str(HERE / "data" / "financial_phrasebank.test.jsonl"), split="train")}
-    )
-
-
-_process = make_process_results(SCORING)
-
-
-def process_results(doc, results):
-    """One doc's values for lm-eval: its tp-harness sample record under each metric name."""
-    return _process(doc, results)
+load, process_results = exported_task_functions(SCORING, __file__)
