@@ -157,4 +157,5 @@ def md_cell(text: Any) -> str:
 
 
 def is_number(value: Any) -> bool:
+    """Whether ``value`` is a finite int or float (not a bool, None, NaN or infinity): a value a table can show."""
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)

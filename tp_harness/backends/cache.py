@@ -68,6 +68,7 @@ class CacheStats:
     misses: int = 0
 
     def as_dict(self) -> dict[str, int]:
+        """``{"hits", "misses"}`` counted by this process."""
         return {"hits": self.hits, "misses": self.misses}
 
 
@@ -149,6 +150,7 @@ class ResponseCache:
         return cur.rowcount
 
     def close(self) -> None:
+        """Close this thread's SQLite connection (others close with their threads)."""
         con = getattr(self._local, "con", None)
         if con is not None:
             con.close()

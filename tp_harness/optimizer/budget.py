@@ -77,5 +77,6 @@ class Projection:
     candidates: int
 
     def describe(self) -> str:
+        """The one-line projection ``tp-harness optimize`` prints before a run starts."""
         return (f"projected: {self.candidates} candidate evaluations, {self.scorer_requests:,} scorer requests, "
                 f"{self.reference_samples} reference-LLM samples")

@@ -38,13 +38,17 @@ class RunStore(Protocol):
     The optimizer writes through this interface only; it does not know the directory layout.
     """
 
-    def append(self, row: dict) -> None: ...
+    def append(self, row: dict) -> None:
+        """Append one journal row (durable when it returns)."""
 
-    def find(self, **match: Any) -> list[dict]: ...
+    def find(self, **match: Any) -> list[dict]:
+        """The journal rows whose fields equal every ``match`` item, in journal order."""
 
-    def write_samples(self, task: str, split: str, kind: str, rows: Sequence[dict]) -> None: ...
+    def write_samples(self, task: str, split: str, kind: str, rows: Sequence[dict]) -> None:
+        """Store the per-sample records of one final evaluation (task, split, prompt kind)."""
 
-    def read_samples(self, task: str, split: str, kind: str) -> list[dict]: ...
+    def read_samples(self, task: str, split: str, kind: str) -> list[dict]:
+        """The records :meth:`write_samples` stored for (task, split, prompt kind); ``[]`` when none."""
 
 
 @dataclass
