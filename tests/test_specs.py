@@ -157,7 +157,7 @@ def test_lm_eval_config_applies_overrides_and_instruction(tmp_path: Path) -> Non
     assert gen["doc_to_text"] == "Q: {{q}}\nAnswer: <yes or no>\nConfidence: <0-100>%"
     assert gen["doc_to_choice"] == ["no", "yes"]  # not overridden: kept
     assert gen["filter_list"] == [{"name": "none", "filter": [{"function": "take_first"}]}]
-    assert gen["description"] == "{% raw %}Think {{ carefully }}.{% endraw %}\n\n"
+    assert gen["description"] == "Think {{ '{' }}{{ '{' }} carefully }}.\n\n"  # renders to the exact text
     assert apply_template(gen["description"], {}) == "Think {{ carefully }}.\n\n"
     assert "description" not in spec.lm_eval_config(instruction="")
     gen["doc_to_text"] = "changed"

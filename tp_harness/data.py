@@ -457,14 +457,14 @@ def _check_options(spec: TaskSpec, fmt: str, load: Any, options: Mapping[str, An
             )
 
 
-def load_docs(spec: TaskSpec, sources: Registry[TaskSourceDef]) -> list[dict[str, Any]]:
-    """Read every file of ``tp.data.files`` with the spec's format and return all rows, in file order.
+def load_rows(spec: TaskSpec, sources: Registry[TaskSourceDef]) -> list[tuple[Path, int, dict[str, Any]]]:
+    """Read every file of ``tp.data.files`` and return ``(file, line, row)`` for each row, in file order.
 
-    :param spec: the task spec; file paths are relative to its directory.
+    :param spec: the task spec; file paths are relative to its directory and must stay inside it.
     :param sources: the task-source registry (``Registries.tasks``) that names the formats.
-    :return: the rows as dicts, files concatenated in the order listed.
-    :raises SpecError: the format is not registered, an option is unknown, or a file is missing.
-    :raises DataError: a row is malformed (names the file and line).
+    :raises SpecError: the format is not registered, an option is unknown, a file is missing, outside the
+        spec's directory, or listed twice.
+    :raises DataError: a row is malformed, a file holds no rows, or a file cannot be read (names the file).
     """
     data = spec.tp.data
     try:
@@ -473,18 +473,38 @@ def load_docs(spec: TaskSpec, sources: Registry[TaskSourceDef]) -> list[dict[str
         raise SpecError(spec.path, "tp.data.format", str(err), line=spec.line_of("tp.data.format")) from None
     options = dict(data.options)
     _check_options(spec, data.format, source.load, options)
-    docs: list[dict[str, Any]] = []
+    rows: list[tuple[Path, int, dict[str, Any]]] = []
     for i, name in enumerate(data.files):
-        path = spec.data_dir / name
-        if not path.is_file():
-            field = f"tp.data.files[{i}]"
-            raise SpecError(spec.path, field, f"file not found: {path}", line=spec.line_of(field))
+        path = spec.data_file(i)
         count = 0
-        for _line, row in source.load(path, **options):
-            docs.append(row)
-            count += 1
+        try:
+            for line, row in source.load(path, **options):
+                rows.append((path, line, row))
+                count += 1
+        except OSError as err:
+            raise DataError(path, f"cannot read the file ({err.strerror or err}); check that it exists and is "
+                                  "readable") from None
+        except UnicodeDecodeError as err:
+            raise DataError(path, f"expected UTF-8 text, got undecodable bytes ({err.reason}); set "
+                                  "tp.data.options.encoding") from None
+        if count == 0:
+            raise DataError(path, f"the file is empty: it holds no rows of format {data.format!r}; add rows, or "
+                                  f"remove it from tp.data.files (line {spec.line_of(f'tp.data.files[{i}]')} of "
+                                  f"{spec.path.name})")
         log.debug("task %s: %d rows from %s", spec.name, count, path)
-    return docs
+    return rows
+
+
+def load_docs(spec: TaskSpec, sources: Registry[TaskSourceDef]) -> list[dict[str, Any]]:
+    """Read every file of ``tp.data.files`` with the spec's format and return all rows, in file order.
+
+    :param spec: the task spec; file paths are relative to its directory.
+    :param sources: the task-source registry (``Registries.tasks``) that names the formats.
+    :return: the rows as dicts, files concatenated in the order listed.
+    :raises SpecError: the format is not registered, an option is unknown, or a file is missing or outside.
+    :raises DataError: a row is malformed (names the file and line), or a file is empty.
+    """
+    return [row for _path, _line, row in load_rows(spec, sources)]
 
 
 def split_docs(
@@ -518,20 +538,30 @@ def split_docs(
             f"(optimize + validation + test) but the data has only {len(docs)}; lower the split sizes",
             line=spec.line_of("tp.splits"),
         )
+    return {name: [docs[i] for i in indices] for name, indices in split_indices(spec, len(docs), caps=caps).items()}
+
+
+def split_indices(spec: TaskSpec, num_docs: int, *, caps: Mapping[str, int] | None = None) -> dict[str, list[int]]:
+    """The doc indices of each split, as :func:`split_docs` cuts them (it calls this).
+
+    :raises ValueError: ``caps`` names an unknown split or holds a negative number.
+    """
+    splits = spec.tp.splits
+    sizes = {"optimize": splits.optimize, "validation": splits.validation, "test": splits.test}
     caps = dict(caps or {})
     for name, cap in caps.items():
         if name not in sizes:
             raise ValueError(f"caps: unknown split {name!r}; splits are {', '.join(SPLITS)}")
         if not isinstance(cap, int) or cap < 0:
             raise ValueError(f"caps[{name!r}]: expected an integer >= 0, got {cap!r}")
-    order = list(range(len(docs)))
+    order = list(range(num_docs))
     random.Random(splits.seed).shuffle(order)
-    result: dict[str, list[dict[str, Any]]] = {}
+    result: dict[str, list[int]] = {}
     start = 0
     for name in SPLITS:
         indices = order[start : start + sizes[name]]
         start += sizes[name]
         if name in caps:
             indices = indices[: caps[name]]
-        result[name] = [docs[i] for i in indices]
+        result[name] = indices
     return result

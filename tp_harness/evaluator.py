@@ -80,11 +80,19 @@ def prepare_task(
     import datasets
     from lm_eval.api.task import ConfigurableTask
 
-    from .data import load_docs, split_docs
+    from .data import load_rows, split_indices
+    from .doc_checks import check_docs
+    from .templates import install_lm_eval_sandbox
 
+    install_lm_eval_sandbox()  # every template of the task renders in jinja2's sandbox
     mode = mode or spec.modes[0]
     config = dict(spec.lm_eval_config(mode))
-    splits = split_docs(spec, load_docs(spec, sources), caps=caps)
+    rows = load_rows(spec, sources)
+    all_docs = [row for _path, _line, row in rows]
+    _check_sizes(spec, len(all_docs))
+    full = split_indices(spec, len(all_docs))
+    capped = split_indices(spec, len(all_docs), caps=caps)
+    splits = {name: [all_docs[i] for i in indices] for name, indices in capped.items()}
     dataset = datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in splits.items() if v})
     for key in ("dataset_path", "dataset_name", "dataset_kwargs", "training_split", "validation_split",
                 "fewshot_split", "description"):
@@ -92,10 +100,19 @@ def prepare_task(
     config.update(custom_dataset=lambda **_: dataset, test_split="test", metadata={"version": 1.0})
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     task = ConfigurableTask(config=config)
+    check_docs(spec, task, mode=mode, answer_format=spec.answer_format(mode), splits=full, docs=all_docs,
+               origins=[(path, line) for path, line, _row in rows])
     docs = {k: [dict(d) for d in dataset[k]] if k in dataset else [] for k in SPLITS}
     w = dict(weights or spec.tp.metric_weights or DEFAULT_WEIGHTS)
     return PreparedTask(spec=spec, mode=mode, task=task, splits=docs, answer_format=spec.answer_format(mode),
                         weights=w)
+
+
+def _check_sizes(spec: TaskSpec, num_docs: int) -> None:
+    """:raises SpecError: the splits ask for more docs than the data holds (as :func:`tp_harness.data.split_docs`)."""
+    from .data import split_docs
+
+    split_docs(spec, [{}] * num_docs)
 
 
 # ---------------------------------------------------------------------------------------------

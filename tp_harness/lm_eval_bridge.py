@@ -268,13 +268,17 @@ def exported_task_functions(scoring: Mapping[str, Any], module_file: str | Path)
 
     ``load(**kwargs)`` is the YAML's ``custom_dataset``: a ``datasets.DatasetDict`` whose ``test`` split is
     ``data/<task>.test.jsonl`` next to the module (the exact docs tp-harness scored; lm-eval's keyword
-    arguments are ignored). ``process_results`` is :func:`make_process_results` of ``scoring``, built now, so
+    arguments are ignored). Installs the template sandbox in lm-eval (:func:`tp_harness.templates.install_lm_eval_sandbox`),
+    so the exported task's templates render sandboxed in stock lm-eval too. ``process_results`` is :func:`make_process_results` of ``scoring``, built now, so
     tp-harness's metrics are registered with lm-eval when lm-eval imports the module.
 
     :param scoring: the module's ``SCORING`` dict (see :class:`ExportedTaskScorer`).
     :param module_file: the module's ``__file__``.
     :raises PluginError: see :func:`make_process_results`.
     """
+    from .templates import install_lm_eval_sandbox
+
+    install_lm_eval_sandbox()  # stock lm-eval imports this module before it renders the task's templates
     docs = Path(module_file).resolve().parent / "data" / f"{scoring['task']}.test.jsonl"
 
     def load(**_kwargs: Any) -> Any:

@@ -44,7 +44,9 @@ def load(*, config_source: str | None = None, **_metadata: Any) -> datasets.Data
     import datasets
 
     from .data import load_docs, split_docs
+    from .templates import install_lm_eval_sandbox
 
+    install_lm_eval_sandbox()  # lm-eval renders this task's templates after it loads the data
     if config_source is None or config_source == "inline":
         raise SpecError(
             "(lm-eval task)",

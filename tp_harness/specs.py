@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import difflib
 import functools
+import math
 import re
 import typing
 from collections.abc import Collection, Mapping, Sequence
@@ -33,6 +34,7 @@ from pydantic import (
 from .errors import SpecError
 from .gates import GateSyntaxError, parse_gate
 from .spec_yaml import line_for, parse_yaml
+from .templates import TemplateProblem, check_template, escape_literal
 
 __all__ = [
     "BUILTIN_SPEC_DIR",
@@ -62,6 +64,10 @@ MODES: tuple[str, ...] = ("multiple_choice", "generate_until")
 LM_EVAL_LOADER = "tp_harness.lm_eval_dataset.load"
 #: The splits that loader returns (the same names as ``tp.splits``).
 LM_EVAL_SPLITS: tuple[str, ...] = ("optimize", "validation", "test")
+
+#: lm-eval fields that lm-eval renders as Jinja templates (a string naming a doc field is a template too).
+TEMPLATE_FIELDS: tuple[str, ...] = ("doc_to_text", "doc_to_target", "doc_to_choice", "gen_prefix",
+                                    "doc_to_decontamination_query", "description")
 
 OutputType = Literal["multiple_choice", "generate_until"]
 _RESERVED_TOP: dict[str, str] = {}  # description: allowed only as the copy of tp.instruction (below)
@@ -246,6 +252,8 @@ class TpBlock(_Strict):
                     f"unknown metric{_did_you_mean(name, known)}; registered: {', '.join(sorted(known))}",
                     name,
                 )
+            if not math.isfinite(value):
+                raise _LocatedError(f"expected a finite weight >= 0, got {value}", name)
             if value < 0:
                 raise _LocatedError(f"expected a weight >= 0, got {value}", name)
         if weights and not any(weights.values()):
@@ -288,6 +296,20 @@ class _SpecDocument(_LmEvalFields):
                 f"{lm_eval_description(self.tp.instruction)!r})",
                 "description",
             )
+        return self
+
+    @model_validator(mode="after")
+    def _templates_safe(self) -> _SpecDocument:
+        """Every Jinja template parses and passes the sandbox's static check (:func:`check_template`)."""
+        base = self.model_dump(exclude_unset=True, exclude={"tp"})
+        for where, fields in [((), base), *((("tp", "modes", m), o.overrides) for m, o in self.tp.modes.items())]:
+            for name in TEMPLATE_FIELDS:
+                value = fields.get(name)
+                if isinstance(value, str):
+                    try:
+                        check_template(value)
+                    except TemplateProblem as err:
+                        raise _LocatedError(str(err), *where, name) from None
         return self
 
     @model_validator(mode="after")
@@ -348,12 +370,10 @@ class _SpecDocument(_LmEvalFields):
 
 
 def lm_eval_description(instruction: str) -> str:
-    """The lm-eval ``description`` that carries ``instruction``: the text plus ``"\\n\\n"``, wrapped in
-    ``{% raw %}`` when it holds Jinja markers (lm-eval renders ``description`` as a Jinja template)."""
-    text = instruction
-    if any(marker in text for marker in ("{{", "{%", "{#")):
-        text = "{% raw %}" + text + "{% endraw %}"
-    return text + "\n\n"
+    """The lm-eval ``description`` that carries ``instruction``: the text plus ``"\\n\\n"``, escaped with
+    :func:`tp_harness.templates.escape_literal` when it holds Jinja markers (lm-eval renders ``description`` as
+    a Jinja template; the escaped form renders to exactly the text, and nothing in the text can end it)."""
+    return escape_literal(instruction) + "\n\n"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,6 +390,8 @@ class TaskSpec:
     lm_eval: dict[str, Any]
     tp: TpBlock
     lines: Mapping[str, int] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    #: read data files outside the spec's directory (``--allow-data-outside-spec-dir``); off by default
+    allow_data_outside: bool = dataclasses.field(default=False, compare=False)
 
     def __hash__(self) -> int:  # lm_eval is a dict; path and name identify a spec
         return hash((self.path, self.name))
@@ -389,6 +411,29 @@ class TaskSpec:
         """The spec file's directory; ``tp.data.files`` are relative to it."""
         return self.path.parent
 
+    def data_file(self, index: int) -> Path:
+        """The path of ``tp.data.files[index]``, confined to the spec's directory unless ``allow_data_outside``.
+
+        :raises SpecError: the file resolves (``..``, an absolute path, a symlink) outside the spec's directory,
+            or does not exist. The message names the file as written and never shows its content.
+        """
+        name = self.tp.data.files[index]
+        field = f"tp.data.files[{index}]"
+        path = self.data_dir / name
+        if not self.allow_data_outside:
+            root = self.data_dir.resolve()
+            resolved = path.resolve()
+            if resolved != root and root not in resolved.parents:
+                raise SpecError(
+                    self.path, field,
+                    f"{name!r} is outside the spec's directory {root}: data files must stay inside it (a spec is "
+                    "data and may come from anyone); move the file there, or pass --allow-data-outside-spec-dir "
+                    "if you trust this spec",
+                    line=self.line_of(field))
+        if not path.is_file():
+            raise SpecError(self.path, field, f"file not found: {path}", line=self.line_of(field))
+        return path
+
     def line_of(self, field: str) -> int | None:
         """The line of dotted ``field`` in the spec file, or of its nearest enclosing key; None if unknown."""
         return line_for(self.lines, field)
@@ -399,7 +444,7 @@ class TaskSpec:
         :param mode: ``multiple_choice`` or ``generate_until``; default: the spec's ``output_type``.
         :param instruction: the instruction to score; default: ``tp.instruction`` (the original).
             It becomes lm-eval's ``description``: the text plus ``"\\n\\n"`` (lm-eval prepends it
-            verbatim), wrapped in ``{% raw %}`` when it holds Jinja markers; an empty string sets none.
+            verbatim), escaped when it holds Jinja markers (:func:`lm_eval_description`); an empty string sets none.
         :return: a fresh dict: the top-level fields, that mode's ``tp.modes`` overrides applied,
             ``output_type`` set to ``mode``, no ``answer_format``.
         :raises SpecError: the spec does not offer ``mode``.
@@ -611,7 +656,8 @@ def _hoist_tp_block(
     return hoisted, moved
 
 
-def load_spec(path: str | Path, *, metric_names: Collection[str] = DEFAULT_METRIC_NAMES) -> TaskSpec:
+def load_spec(path: str | Path, *, metric_names: Collection[str] = DEFAULT_METRIC_NAMES,
+              allow_data_outside: bool = False) -> TaskSpec:
     """Load and validate one task spec.
 
     The ``tp`` block may sit at the top level or under ``metadata`` (``metadata: {tp: ...}``, the form
@@ -620,9 +666,11 @@ def load_spec(path: str | Path, *, metric_names: Collection[str] = DEFAULT_METRI
 
     :param path: the spec's YAML file.
     :param metric_names: metric names ``tp.metric_weights`` may use (from the metric registry).
+    :param allow_data_outside: let ``tp.data.files`` name files outside the spec's directory (off: refused).
     :return: the validated :class:`TaskSpec`.
-    :raises SpecError: the YAML is invalid, a field is missing, unknown or of the wrong type, or a data
-        file does not exist; the message names the file, the line, the dotted field and what was expected.
+    :raises SpecError: the YAML is invalid, a field is missing, unknown or of the wrong type, a template is
+        refused by the sandbox, a data file does not exist, is outside the spec's directory or is listed
+        twice; the message names the file, the line, the dotted field and what was expected.
     """
     path = Path(path)
     data, lines = parse_yaml(path)
@@ -640,12 +688,17 @@ def load_spec(path: str | Path, *, metric_names: Collection[str] = DEFAULT_METRI
         raise _to_spec_error(path, data, lines, exc) from None
     lm_eval = {key: copy.deepcopy(value) for key, value in data.items() if key != "tp"}
     lm_eval.setdefault("output_type", doc.output_type)
-    spec = TaskSpec(path=path, name=doc.task, lm_eval=lm_eval, tp=doc.tp, lines=dict(lines))
-    for i, name in enumerate(doc.tp.data.files):
-        file = spec.data_dir / name
-        if not file.is_file():
+    spec = TaskSpec(path=path, name=doc.task, lm_eval=lm_eval, tp=doc.tp, lines=dict(lines),
+                    allow_data_outside=allow_data_outside)
+    seen: dict[Path, int] = {}
+    for i in range(len(doc.tp.data.files)):
+        file = spec.data_file(i).resolve()
+        if file in seen:
             field = f"tp.data.files[{i}]"
-            raise SpecError(path, field, f"file not found: {file}", line=spec.line_of(field))
+            raise SpecError(path, field, f"the same file as tp.data.files[{seen[file]}] ({file.name}): its rows would "
+                                         "be read twice and land in several splits; list each file once",
+                            line=spec.line_of(field))
+        seen[file] = i
     return spec
 
 

@@ -1,0 +1,127 @@
+"""Checks of a task's docs at load, before any model loads: every row of every split can be scored.
+
+Owns rendering each doc's templates once (in the sandbox) and checking what scoring will need: the prompt
+renders, the row has the fields the templates read, the choices are a non-empty list, the gold answer is
+one of the choices or labels, and no row sits in two splits. Errors name the data file and line of the
+row, the spec field and what to do. It runs no model and computes no metric.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from .errors import DataError, SpecError
+from .specs import AnswerFormat, TaskSpec
+from .templates import SecurityError
+
+#: one row's origin: (data file, line or record number)
+Origin = tuple[Path, int]
+
+
+def _render(spec: TaskSpec, mode: str, field: str, origin: Origin, call: Any, doc: Mapping[str, Any]) -> Any:
+    """Call ``task.doc_to_<x>(doc)``; turn a failure into an error naming the row and the spec field."""
+    where = _field_where(spec, mode, field)
+    try:
+        return call(doc)
+    except SecurityError as err:
+        raise SpecError(spec.path, where, f"refused by the template sandbox ({err}); templates may read the doc's "
+                        "fields only", line=spec.line_of(where)) from None
+    except jinja2.UndefinedError as err:
+        fields = ", ".join(sorted(map(str, doc))) or "none"
+        raise DataError(origin[0], f"{where} (spec {spec.path.name}:{spec.line_of(where)}) reads a field this row "
+                        f"lacks ({err.message}); the row's fields: {fields}; add the column or fix the template",
+                        line=origin[1]) from None
+    except jinja2.TemplateError as err:
+        raise SpecError(spec.path, where, f"the template fails: {err}", line=spec.line_of(where)) from None
+    except (ValueError, KeyError, IndexError, TypeError, SyntaxError) as err:
+        raise DataError(origin[0], f"{where} (spec {spec.path.name}:{spec.line_of(where)}) fails on this row: "
+                        f"{type(err).__name__}: {str(err)[:200]}; fix the row or the template",
+                        line=origin[1]) from None
+
+
+def _field_where(spec: TaskSpec, mode: str, field: str) -> str:
+    if mode != spec.output_type and field in (spec.tp.modes[mode].overrides if mode in spec.tp.modes else {}):
+        return f"tp.modes.{mode}.{field}"
+    return field
+
+
+def _gold_problem(target: Any, choices: Sequence[str] | None, fmt: AnswerFormat | None, mode: str) -> str | None:
+    """Why ``target`` cannot be scored against ``choices`` / the parser's labels, or None when it can."""
+    if mode == "multiple_choice":
+        assert choices is not None
+        if isinstance(target, str):
+            if target in choices:
+                return None
+            try:
+                target = int(target)
+            except ValueError:
+                return f"the answer {target[:60]!r} is not among the choices {list(choices)[:10]}"
+        if isinstance(target, int) and not isinstance(target, bool) and 0 <= target < len(choices):
+            return None
+        return f"the answer index {target!r} is outside the {len(choices)} choices"
+    if fmt is None:
+        return None
+    labels = list(fmt.labels or [])
+    if fmt.parser == "letter_confidence" and not labels and choices is not None:
+        labels = [chr(ord("A") + i) for i in range(len(choices))]
+    if isinstance(target, int) and not isinstance(target, bool):
+        if labels and not 0 <= target < len(labels):
+            return f"the answer index {target} is outside the {len(labels)} labels {labels}"
+        return None
+    gold = str(target).strip()
+    if fmt.parser in ("label_confidence", "letter_confidence") and labels:
+        if gold.lower() not in {label.lower() for label in labels}:
+            return f"the answer {gold[:60]!r} is not one of the labels {labels}"
+    if fmt.parser == "number_confidence":
+        try:
+            float(gold.replace(",", ""))
+        except ValueError:
+            return f"the answer {gold[:60]!r} is not a number (parser number_confidence)"
+    return None
+
+
+def check_docs(spec: TaskSpec, task: Any, *, mode: str, answer_format: AnswerFormat | None,
+               splits: Mapping[str, Sequence[int]], docs: Sequence[Mapping[str, Any]],
+               origins: Sequence[Origin]) -> None:
+    """Check every doc of every split (uncapped) before scoring: templates, fields, choices, gold answers.
+
+    :param task: the lm-eval ``ConfigurableTask`` built from the spec (its templates render in the sandbox).
+    :param splits: ``{split: [doc index, ...]}`` over ``docs``, the full split sizes (not a ``--limit``).
+    :param origins: ``(file, line)`` of each doc in ``docs``.
+    :raises DataError: a row lacks a field a template reads, its answer is not among the choices or labels,
+        its answer index is out of range, or the same row is in two splits (names both places).
+    :raises SpecError: the sandbox refuses a template at render time, or a template fails for every row.
+    """
+    seen: dict[str, tuple[str, Origin]] = {}
+    needs_choices = mode == "multiple_choice" or (answer_format is not None
+                                                   and answer_format.parser == "letter_confidence"
+                                                   and not answer_format.labels)
+    for split, indices in splits.items():
+        for i in indices:
+            doc, origin = docs[i], origins[i]
+            _render(spec, mode, "doc_to_text", origin, task.doc_to_text, doc)
+            choices = None
+            if needs_choices:
+                raw = _render(spec, mode, "doc_to_choice", origin, task.doc_to_choice, doc)
+                if not isinstance(raw, (list, tuple)) or not raw:
+                    raise DataError(origin[0], f"doc_to_choice gives {str(raw)[:80]!r} for this row, not a non-empty "
+                                    "list of choices", line=origin[1])
+                choices = [str(c) for c in raw]
+            target = _render(spec, mode, "doc_to_target", origin, task.doc_to_target, doc)
+            problem = _gold_problem(target, choices, answer_format, mode)
+            if problem:
+                where = _field_where(spec, mode, "doc_to_target")
+                raise DataError(origin[0], f"{problem} ({split} split, {where} in {spec.path.name}:"
+                                f"{spec.line_of(where)}); fix the row or the labels", line=origin[1])
+            key = json.dumps(doc, sort_keys=True, default=str)
+            if key in seen and seen[key][0] != split:
+                other_split, (other_file, other_line) = seen[key]
+                raise DataError(origin[0], f"this row ({split} split) duplicates {other_file}:{other_line} "
+                                f"({other_split} split): a doc in two splits leaks the held-out data; remove "
+                                "one copy", line=origin[1])
+            seen.setdefault(key, (split, origin))
