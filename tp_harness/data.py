@@ -474,7 +474,7 @@ def load_rows(spec: TaskSpec, sources: Registry[TaskSourceDef]) -> list[tuple[Pa
     options = dict(data.options)
     _check_options(spec, data.format, source.load, options)
     rows: list[tuple[Path, int, dict[str, Any]]] = []
-    for i, name in enumerate(data.files):
+    for i in range(len(data.files)):
         path = spec.data_file(i)
         count = 0
         try:
