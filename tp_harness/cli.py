@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import TpHarnessError
+from .errors import TpHarnessError, UsageError
 
 log = logging.getLogger("tp_harness")
 
@@ -37,6 +37,60 @@ def _tqdm_progress(label: str, total: int, *, position: int | None = None, leave
     return _Bar()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error format: one ``tp-harness: error:`` line, exit 2 (no usage dump)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        command = self.prog.removeprefix("tp-harness").strip()
+        help_hint = f"tp-harness {command} --help" if command else "tp-harness --help"
+        self.exit(2, f"tp-harness: error: {message} (see {help_hint})\n")
+
+
+def _positive_int(text: str) -> int:
+    """An integer >= 1 (``--limit``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value} (leave it out for the whole split)")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _batch_size(text: str) -> str:
+    """``auto`` or an integer >= 1 (``--batch-size``), kept as text as the backends take it."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1 or auto, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1 or auto, got {value}")
+    return str(value)
+
+
+def _share(text: str) -> float:
+    """A share in [0, 1] (``--reference-share``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
+    return value
+
+
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     from .backends import DEFAULT_MODEL
 
@@ -45,7 +99,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-args", default="", help="key=value,... for the backend, e.g. pretrained=/path/to/model")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="weights dtype for hf/embedded models (bfloat16 is 1.3-2x faster on CPU)")
-    p.add_argument("--batch-size", default="auto",
+    p.add_argument("--batch-size", default="auto", type=_batch_size,
                    help="requests per forward pass: a number, or auto (default: 16 on CPU, lm-eval's probe on a GPU)")
     p.add_argument("--no-cache", dest="cache", action="store_false",
                    help="do not read or write the response cache ($TP_CACHE_DIR/responses.sqlite)")
@@ -53,6 +107,9 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="extra directory of task spec YAML files (repeatable)")
     p.add_argument("--scoring-mode", choices=["multiple_choice", "generate_until"], default=None,
                    help="override each spec's default output_type")
+    p.add_argument("--allow-data-outside-spec-dir", action="store_true",
+                   help="let specs read data files outside their own directory (off: such a spec is refused; "
+                        "only for specs you trust, see docs/security.md)")
 
 
 def _csv(text: str) -> list[str]:
@@ -76,7 +133,7 @@ def _resolve_tasks(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``tp-harness``."""
-    parser = argparse.ArgumentParser(prog="tp-harness", description="Transfer-Prompting: optimize and evaluate "
+    parser = _Parser(prog="tp-harness", description="Transfer-Prompting: optimize and evaluate "
                                      "LLM prompts with ACC, IFR, ECE, AUROC, PR-P, PR-N (arXiv 2502.14211)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command")
@@ -101,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--no-transfer", action="store_true", help="ablation: stage 2 alone from the original prompt")
     mode.add_argument("--source-only", action="store_true", help="ablation: stage 1 alone; its best prompt as is")
     o.add_argument("--optimizer", default="transfer", help="registered optimizer (default transfer)")
-    o.add_argument("--reference-share", type=float, default=0.5,
+    o.add_argument("--reference-share", type=_share, default=0.5,
                    help="share of each step's candidates written by the reference LLM; the rest are "
                         "evolutionary edits of the best prompts (default 0.5)")
     o.add_argument("--results-dir", default="results", help="where runs/ and LEADERBOARD.md live (default results)")
@@ -116,8 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", default=None, help="the instruction text (default: the task's original)")
     g.add_argument("--prompt-file", type=Path, default=None, help="read the instruction from a file")
     e.add_argument("--split", default="test", choices=["optimize", "validation", "test"])
-    e.add_argument("--limit", type=int, default=None, help="evaluate only the first N docs of the split")
-    e.add_argument("--show-samples", type=int, default=0, metavar="N", help="print the first N sample records")
+    e.add_argument("--limit", type=_positive_int, default=None,
+                   help="evaluate only the first N (>= 1) docs of the split")
+    e.add_argument("--show-samples", type=_non_negative_int, default=0, metavar="N", help="print the first N sample records")
 
     from .backends import DEFAULT_MODEL
     from .optimizer.budget import BUDGETS
@@ -145,11 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="reference LLM of every run (default: the scorer; embedded:smollm2-135m for a scorer "
                          "without a chat template)")
     sw.add_argument("--reference-model-args", default=None)
-    sw.add_argument("--reference-share", type=float, default=0.5)
+    sw.add_argument("--reference-share", type=_share, default=0.5)
     sw.add_argument("--scoring-mode", choices=["multiple_choice", "generate_until"], default=None)
     sw.add_argument("--specs", action="append", default=[], metavar="DIR")
     sw.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    sw.add_argument("--batch-size", default="16")
+    sw.add_argument("--batch-size", default="16", type=_batch_size)
     sw.add_argument("--no-cache", dest="cache", action="store_false", help="do not use the response cache")
 
     lb = sub.add_parser("leaderboard", help="rebuild the leaderboard from stored results.json files",
@@ -196,10 +254,28 @@ def main(argv: list[str] | None = None) -> int:
     except TpHarnessError as err:
         print(f"tp-harness: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:
+        if err.filename is None and err.errno is None:
+            raise  # not about a file: a bug, keep its traceback
+        print(f"tp-harness: error: {_os_error_text(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("tp-harness: interrupted; finished rows are in the journal, continue with --resume RUN_DIR",
               file=sys.stderr)
         return 130
+
+
+def _os_error_text(err: OSError) -> str:
+    """One line for an OS error on a user's file: the path, the reason and what to do."""
+    import errno
+
+    fix = {errno.ENOSPC: "free disk space, then continue an interrupted run with --resume RUN_DIR",
+           errno.EDQUOT: "free disk quota, then continue an interrupted run with --resume RUN_DIR",
+           errno.EACCES: "check the file's permissions", errno.EPERM: "check the file's permissions",
+           errno.ENOENT: "check the path", errno.ENOTDIR: "a part of the path is a file, not a directory",
+           errno.EISDIR: "pass a file, not a directory", errno.EROFS: "pass a writable location"}
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or err}; {fix.get(err.errno or 0, 'check the path and the disk')}"
 
 
 def _registries():
@@ -219,7 +295,7 @@ def _cmd_optimize(args) -> int:
         mode="no_transfer" if args.no_transfer else "source_only" if args.source_only else "two_stage",
         optimizer=args.optimizer, scoring_mode=args.scoring_mode, results_dir=str(args.results_dir),
         spec_dirs=args.specs, dtype=args.dtype, batch_size=args.batch_size, run_id=args.run_id, cache=args.cache,
-        reference_share=args.reference_share,
+        reference_share=args.reference_share, allow_data_outside_spec_dir=args.allow_data_outside_spec_dir,
     )
 
     def show_projection(projection, ctx) -> None:
@@ -264,12 +340,16 @@ def _cmd_evaluate(args) -> int:
         try:
             prompt = args.prompt_file.read_text(encoding="utf-8").strip()
         except OSError as err:
-            print(f"tp-harness: error: --prompt-file {args.prompt_file}: {err.strerror}", file=sys.stderr)
-            return 2
+            raise UsageError(f"--prompt-file {args.prompt_file}: {err.strerror}; pass a readable text file") from None
+        except UnicodeDecodeError as err:
+            raise UsageError(f"--prompt-file {args.prompt_file}: not UTF-8 text ({err.reason} at byte {err.start}); "
+                             "pass the instruction as a UTF-8 text file") from None
+        if not prompt:
+            raise UsageError(f"--prompt-file {args.prompt_file}: the file is empty; write the instruction in it")
     prep, ev = evaluate_prompt(task=args.task, registries=_registries(), prompt=prompt, model=args.model,
                                model_args=args.model_args, split=args.split, scoring_mode=args.scoring_mode,
                                limit=args.limit, spec_dirs=args.specs, dtype=args.dtype, batch_size=args.batch_size,
-                               cache=args.cache)
+                               cache=args.cache, allow_data_outside=args.allow_data_outside_spec_dir)
     from tabulate import tabulate
 
     m = ev.metrics
@@ -397,9 +477,18 @@ def _cmd_plugins(args) -> int:
 def _cmd_cache(args) -> int:
     from tabulate import tabulate
 
-    from .backends.cache import open_cache
+    from .backends.cache import ResponseCache, default_cache_dir, open_cache
+    from .errors import CacheError
 
-    cache = open_cache(args.cache_dir)
+    try:
+        cache = open_cache(args.cache_dir)
+    except CacheError as err:
+        if args.action != "clear" or args.model or not err.path.is_file():
+            raise
+        gone = ResponseCache.remove_files(err.path)  # unreadable: clearing it means deleting the file
+        print(f"deleted the unreadable cache {', '.join(map(str, gone)) or err.path} "
+              f"({args.cache_dir or default_cache_dir()})")
+        return 0
     if args.action == "clear":
         n = cache.clear(args.model)
         print(f"deleted {n} cached responses{' of model ' + args.model if args.model else ''} from {cache.path}")

@@ -95,6 +95,8 @@ class PluginError(RegistryError):
 class UnknownNameError(RegistryError, KeyError):
     """A name was looked up that no plugin registered; lists the close matches and the valid names."""
 
+    exit_code = 2
+
     def __init__(self, kind: str, name: str, known: list[str]) -> None:
         import difflib
 
@@ -117,3 +119,18 @@ class UsageError(TpHarnessError):
     """The command line asks for something inconsistent; says which flags and what to use instead."""
 
     exit_code = 2
+
+
+class CacheError(TpHarnessError):
+    """The response cache cannot be opened, read or written; names the file and how to get past it."""
+
+    exit_code = 2
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(f"response cache {path}: {problem}; run 'tp-harness cache clear' (it deletes an unreadable "
+                         "cache file) or add --no-cache")
+        self.path = Path(path)
+
+
+class RunLockedError(RunError):
+    """Another live process holds a run directory's lock; names the holder (pid, host, start time)."""

@@ -182,6 +182,8 @@ class BackendDef:
     factory: Callable[..., Any]
     description: str = ""
     needs_gpu: bool = False
+    #: the ``--model-args`` keys the factory reads; others are refused before anything loads (None: any key)
+    model_args: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,35 +2,60 @@
 
 Owns ``results/runs/<run_id>/``: creating it with ``config.json``, appending one JSON row per evaluated
 candidate to ``journal.jsonl`` (flushed and fsynced as each finishes, so a crash loses no finished
-row), writing the other files atomically (temp file, then rename), and reading a run back for
-``--resume``. It knows nothing about models or metrics.
+row), writing the other files atomically (temp file, then rename), reading a run back for
+``--resume``, and the run's lock: one writer per run directory (``run.lock``, an exclusive ``flock`` held
+for the whole run, holding the writer's pid, host and start time; the kernel drops it when the writer
+dies, so a dead writer's lock is taken over). Errors on these files name the path and what to do. It
+knows nothing about models or metrics.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import logging
 import os
 import re
+import socket
 import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import RunError
+from .errors import RunError, RunLockedError
+
+log = logging.getLogger(__name__)
 
 JOURNAL = "journal.jsonl"
 CONFIG = "config.json"
+LOCK = "run.lock"
+
+
+def _os_problem(path: Path, err: OSError, what: str) -> RunError:
+    """A :class:`RunError` for an OS error on a run file: the path, the reason and what to do."""
+    fix = {errno.ENOSPC: "free disk space, then continue with --resume on the run directory",
+           errno.EDQUOT: "free disk quota, then continue with --resume on the run directory",
+           errno.EACCES: "check the permissions of the results directory",
+           errno.EROFS: "pass a writable --results-dir"}.get(err.errno or 0, "check the path and its permissions")
+    return RunError(f"{err.filename or path}: cannot {what} ({err.strerror or err}); {fix}")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temp file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as err:
+        raise _os_problem(path, err, "write") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise _os_problem(path, err, "write") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -49,11 +74,22 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
 def read_jsonl(path: Path) -> list[dict]:
     """Read JSON lines; a torn last line (a crash mid-write) is dropped, any other bad line is an error.
 
-    :raises RunError: a line other than the last is not valid JSON (names the file and line).
+    :raises RunError: a line other than the last is not valid JSON, the file is not UTF-8 text (names the
+        file and line), or it cannot be read.
     """
     if not path.is_file():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise _os_problem(path, err, "read") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise RunError(f"{path}:{line}: not UTF-8 text ({err.reason}); the file is damaged: restore it from a "
+                       "backup or delete the run directory and run again") from None
+    lines = text.splitlines()
     rows = []
     for i, line in enumerate(lines, 1):
         if not line.strip():
@@ -65,6 +101,22 @@ def read_jsonl(path: Path) -> list[dict]:
                 break
             raise RunError(f"{path}:{i}: not valid JSON ({err.msg}); the journal is damaged") from err
     return rows
+
+
+def _read_holder(path: Path) -> dict[str, Any]:
+    """The holder record of a lock file (``{}`` when empty or unreadable)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _describe_holder(holder: dict[str, Any]) -> str:
+    if not holder:
+        return "another process (its record is not written yet)"
+    return (f"pid {holder.get('pid')} on host {holder.get('host')} (started {holder.get('started_utc', '?')}"
+            f"{', this host' if holder.get('host') == socket.gethostname() else ''})")
 
 
 def _clean_floats(obj: Any) -> Any:
@@ -93,6 +145,59 @@ class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._journal_rows: list[dict] | None = None
+        self._lock_fd: int | None = None
+        #: fields added to every appended row (the runner stamps the scorer's fingerprint here)
+        self.row_defaults: dict[str, Any] = {}
+
+    # -- the writer's lock ------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Become the run's only writer: take ``run.lock`` exclusively (non-blocking) and record who holds it.
+
+        The lock is a ``flock`` on the file: the kernel releases it when the holder exits or is killed, so a
+        lock left by a dead process is free and is taken over (its record is replaced, the take-over logged).
+        Held until :meth:`unlock` or the process ends. Re-locking an already locked ``RunDir`` does nothing.
+
+        :raises RunLockedError: another live process holds it (names its pid, host and start time).
+        :raises RunError: the lock file cannot be created.
+        """
+        if self._lock_fd is not None:
+            return
+        path = self.path / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise _os_problem(path, err, "create the run lock") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise _os_problem(path, err, "lock") from None
+            holder = _read_holder(path)
+            raise RunLockedError(
+                f"run directory {self.path} is in use by {_describe_holder(holder)}; only one process may write a "
+                "run: wait for it to finish (or stop it), then --resume again") from None
+        previous = _read_holder(path)
+        if previous.get("pid") and previous.get("pid") != os.getpid():
+            log.warning("taking over the lock of %s: that process has ended", _describe_holder(previous))
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+              "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        os.fsync(fd)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        """Release the run's lock (the record stays, marked by no live holder). Safe to call when not locked."""
+        if self._lock_fd is not None:
+            fd, self._lock_fd = self._lock_fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    @property
+    def is_locked(self) -> bool:
+        """Whether this object holds the run's lock."""
+        return self._lock_fd is not None
 
     # -- lifecycle ------------------------------------------------------------------------------
     @classmethod
@@ -104,10 +209,22 @@ class RunDir:
         path = Path(runs_root) / run_id
         if path.exists():
             raise RunError(f"run directory {path} exists already; resume it with --resume {path}")
-        (path / "samples").mkdir(parents=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.mkdir()
+        except FileExistsError:
+            raise RunError(f"run directory {path} exists already; resume it with --resume {path}") from None
+        except OSError as err:
+            raise RunError(f"{err.filename or path}: cannot create the run directory ({err.strerror}); pass a "
+                           "--results-dir that is a writable directory") from None
         run = cls(path)
-        atomic_write_json(path / CONFIG, {"run_id": run_id, **config})
-        (path / JOURNAL).touch()
+        run.lock()
+        try:
+            (path / "samples").mkdir()
+            atomic_write_json(path / CONFIG, {"run_id": run_id, **config})
+            (path / JOURNAL).touch()
+        except OSError as err:
+            raise _os_problem(path, err, "write the run directory") from None
         return run
 
     @classmethod
@@ -126,11 +243,17 @@ class RunDir:
         return self.path.name
 
     def config(self) -> dict:
-        """The run's ``config.json``."""
+        """The run's ``config.json``.
+
+        :raises RunError: it cannot be read, is not UTF-8 JSON or is not a JSON object.
+        """
         try:
-            return json.loads((self.path / CONFIG).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise RunError(f"{self.path / CONFIG}: cannot read the run config: {err}") from err
+            config = json.loads((self.path / CONFIG).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise RunError(f"{self.path / CONFIG}: cannot read the run config: {err}") from None
+        if not isinstance(config, dict):
+            raise RunError(f"{self.path / CONFIG}: cannot read the run config: expected a JSON object")
+        return config
 
     # -- journal --------------------------------------------------------------------------------
     def journal(self) -> list[dict]:
@@ -161,11 +284,15 @@ class RunDir:
     def append(self, row: dict) -> None:
         """Append one row to ``journal.jsonl``, flushed and fsynced before returning."""
         rows = self.journal()
-        row = _clean_floats({**row, "ts": round(time.time(), 3)})
-        with (self.path / JOURNAL).open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        row = _clean_floats({**self.row_defaults, **row, "ts": round(time.time(), 3)})
+        path = self.path / JOURNAL
+        try:
+            with path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as err:
+            raise _os_problem(path, err, "append to the journal") from None
         rows.append(row)
 
     def find(self, **match: Any) -> list[dict]:

@@ -9,6 +9,7 @@ rendering is :mod:`tp_harness.leaderboard`.
 
 from __future__ import annotations
 
+import logging
 import math
 import zlib
 from collections.abc import Sequence
@@ -24,6 +25,8 @@ from .bootstrap import (
 )
 from .metrics import DEFAULT_WEIGHTS
 from .stored_runs import StoredRun, is_number, read_jsonl_rows
+
+log = logging.getLogger(__name__)
 
 PROMPT_KINDS = ("original", "best_source", "best_target")
 MODES = ("two_stage", "no_transfer", "source_only")
@@ -71,11 +74,19 @@ class Row:
 
 
 def _load_samples(run: StoredRun, ev: dict[str, Any]) -> SampleArrays | None:
+    """The evaluation's samples, or None (no file, or a file that disagrees with results.json's ``n``: its
+    intervals would describe other samples than the stored metrics, so they are dropped with a warning)."""
     rel = ev.get("samples_file")
     path = run.run_dir / str(rel) if rel else None
     if path is None or not path.is_file():
         return None
     rows = read_jsonl_rows(path)
+    n = ev.get("n")
+    if isinstance(n, int) and not isinstance(n, bool) and len(rows) != n:
+        log.warning("%s holds %d sample rows but results.json says n=%d for %s %s: no confidence intervals for "
+                    "it (the file was cut or edited; re-run the evaluation to restore them)", path, len(rows), n,
+                    ev.get("task"), ev.get("prompt_kind"))
+        return None
     return SampleArrays.from_records(rows) if rows else None
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import PluginError, TpHarnessError
 from .hookspecs import PROJECT, PluginInfo, Registries
 
 log = logging.getLogger(__name__)
@@ -156,9 +156,33 @@ def _load_selected(pm: pluggy.PluginManager, names: Iterable[str]) -> None:
                     f"importable module; installed entry points: {', '.join(available) or 'none'}\n"
                     f"  to fix: pip install the plugin's package, or drop {name!r} from {PLUGINS_ENV}"
                 ) from None
-            raise
+            raise _broken_plugin(name, err) from err
+        except Exception as err:  # a plugin's import-time code is not ours: name it instead of a traceback
+            raise _broken_plugin(name, err) from err
         if not pm.is_registered(module):  # an entry point may have registered it under its own name
-            pm.register(module, name=name)
+            try:
+                pm.register(module, name=name)
+            except pluggy.PluginValidationError as err:
+                raise PluginError(f"plugin {name!r}{_dist_of(name)} does not fit tp-harness's hooks: {err}\n"
+                                  f"  to fix: update or uninstall it, or leave it out with {PLUGINS_ENV}") from err
+
+
+def _dist_of(module_name: str) -> str:
+    """`` (distribution NAME VERSION)`` of the installed distribution that provides ``module_name``, or ``""``."""
+    dists = md.packages_distributions().get(module_name.split(".")[0]) or []
+    if not dists:
+        return " (no installed distribution; found on the Python path)"
+    try:
+        return f" (distribution {dists[0]} {md.version(dists[0])})"
+    except md.PackageNotFoundError:
+        return f" (distribution {dists[0]})"
+
+
+def _broken_plugin(name: str, err: BaseException) -> PluginError:
+    """The error for a plugin module that raises while it is imported (a missing dependency, a bug)."""
+    return PluginError(
+        f"plugin {name!r}{_dist_of(name)} failed to load: {type(err).__name__}: {err}\n"
+        f"  to fix: install what it needs, update or uninstall it, or leave it out with {PLUGINS_ENV}=name,...")
 
 
 def _load_entry_point(
@@ -174,7 +198,7 @@ def _load_entry_point(
         )
     try:
         pm.load_setuptools_entrypoints(PROJECT, name=name)
-    except ImportError as err:
+    except Exception as err:  # ImportError, or anything its import-time code raises
         where = f"{infos[0].value!r} of distribution {infos[0].dist} {infos[0].version}" if infos else "?"
         raise PluginError(
             f"plugin {name!r} ({where}) cannot be imported: {type(err).__name__}: {err}\n"
@@ -260,6 +284,15 @@ def build_registries(pm: pluggy.PluginManager | None = None) -> Registries:
             try:
                 caller = pm.subset_hook_caller(hook_name, [p for p in plugins if p is not impl.plugin])
                 caller(registry=registry)
+            except TpHarnessError:
+                raise
+            except Exception as err:  # a plugin's hook is not ours: name it and its distribution
+                info = sources.get(impl.plugin_name)
+                dist = f" (distribution {info.dist} {info.version or ''})".replace(" )", ")") if info and info.dist else ""
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r}{dist} raised in its {hook_name} hook: {type(err).__name__}: {err}\n"
+                    f"  to fix: update or uninstall the plugin, or leave it out with {PLUGINS_ENV}=name,..."
+                ) from err
             finally:
                 registry.bind(None)
     return registries

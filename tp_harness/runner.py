@@ -58,6 +58,7 @@ class OptimizeSettings:
     run_id: str | None = None
     reference_share: float = 0.5
     cache: bool = True
+    allow_data_outside_spec_dir: bool = False
 
 
 def spec_index(spec_dirs: Sequence[str | Path] = ()) -> dict[str, Path]:
@@ -65,8 +66,12 @@ def spec_index(spec_dirs: Sequence[str | Path] = ()) -> dict[str, Path]:
     return discover_specs([BUILTIN_SPEC_DIR, *[Path(d) for d in spec_dirs]])
 
 
-def load_specs(names: Sequence[str], spec_dirs: Sequence[str | Path], registries: Registries) -> list[TaskSpec]:
-    """Load the named specs; :raises UsageError: for an unknown task name (with the known ones)."""
+def load_specs(names: Sequence[str], spec_dirs: Sequence[str | Path], registries: Registries, *,
+               allow_data_outside: bool = False) -> list[TaskSpec]:
+    """Load the named specs; :raises UsageError: for an unknown task name (with the known ones).
+
+    :param allow_data_outside: let specs read data files outside their directory (``--allow-data-outside-spec-dir``).
+    """
     index = spec_index(spec_dirs)
     out = []
     for name in names:
@@ -76,8 +81,108 @@ def load_specs(names: Sequence[str], spec_dirs: Sequence[str | Path], registries
             close = difflib.get_close_matches(name, list(index), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise UsageError(f"unknown task {name!r}{hint}; known: {', '.join(sorted(index))}")
-        out.append(load_spec(index[name], metric_names=set(registries.metrics.names())))
+        out.append(load_spec(index[name], metric_names=set(registries.metrics.names()),
+                             allow_data_outside=allow_data_outside))
     return out
+
+
+def check_cache_dir(cache: bool) -> None:
+    """Refuse a ``TP_CACHE_DIR`` that is not a usable directory, before any model loads or converts.
+
+    The folder holds converted embedded models and, unless ``--no-cache``, the response cache.
+    :raises CacheError: it is a file, or it cannot be created.
+    """
+    from .backends.cache import default_cache_dir
+    from .errors import CacheError
+
+    root = default_cache_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CacheError(root, f"TP_CACHE_DIR (or ~/.cache/tp_harness) is not a usable directory "
+                               f"({err.strerror}); point TP_CACHE_DIR at a writable directory") from None
+    if cache:
+        from .backends.cache import open_cache
+
+        open_cache(root)
+
+
+def scorer_stamp(settings: OptimizeSettings, scorer: LMBackend) -> dict[str, Any]:
+    """What identifies the scorer of a run's rows: model, model args (less batch size and device), and the
+    backend's identity (checkpoint, weights, dtype, chat template hash). Journal rows carry its fingerprint."""
+    from .backends.base import fingerprint
+
+    identity = dict(scorer.identity)
+    if "gguf_sha256" in identity:
+        identity.pop("checkpoint", None)  # the GGUF's sha256 names the weights; the cache path may move
+    elif identity.get("checkpoint"):
+        identity["weights"] = _weights_fingerprint(Path(str(identity["checkpoint"])), fingerprint)
+    args = {k: v for k, v in parse_model_args(settings.model_args).items() if k not in ("batch_size", "device")}
+    return {"model": settings.model, "model_args": args, **identity}
+
+
+def _weights_fingerprint(checkpoint: Path, fingerprint: Callable[[Any], str]) -> str | None:
+    """A cheap id of a checkpoint directory's weights: its config.json and the names and sizes of weight files."""
+    if not checkpoint.is_dir():
+        return None
+    try:
+        config = (checkpoint / "config.json").read_text(encoding="utf-8", errors="replace")
+        files = sorted((p.name, p.stat().st_size) for p in checkpoint.iterdir()
+                       if p.suffix in (".safetensors", ".bin", ".pt", ".gguf"))
+    except OSError:
+        return None
+    return fingerprint([config, files])
+
+
+def check_resume_scorer(run: RunDir, stamp: dict[str, Any]) -> None:
+    """Refuse to resume with a scorer other than the one that scored the journal's rows.
+
+    Rows carry the fingerprint of :func:`scorer_stamp`; config.json keeps the stamp itself, to show what
+    differs. A run from before stamps is compared with the ``scorer_identity`` in its config.json.
+
+    :raises RunError: the rows (or config.json) name another scorer; the message shows each field that differs.
+    """
+    from .backends.base import fingerprint
+
+    config = run.config()
+    now = fingerprint(stamp)
+    recorded = {str(r["scorer"]) for r in run.journal() if isinstance(r, dict) and r.get("scorer")}
+    before = config.get("scorer_stamp")
+    if recorded:
+        if recorded == {now}:
+            return
+    elif isinstance(before, dict):
+        if fingerprint(before) == now:
+            return
+    else:
+        old = config.get("scorer_identity")
+        if not isinstance(old, dict) or all(stamp.get(k) == v for k, v in old.items() if k != "checkpoint"):
+            return
+        before = {"model": config.get("model"), **{k: v for k, v in old.items() if k != "checkpoint"}}
+    before = before if isinstance(before, dict) else {}
+    diff = [f"{k}: {before.get(k)!r} -> {stamp.get(k)!r}" for k in sorted(set(before) | set(stamp))
+            if before.get(k) != stamp.get(k)]
+    if not diff or (recorded and fingerprint(before) not in recorded):
+        diff.append(f"the journal's rows were scored by scorer {', '.join(sorted(recorded))}, this one is {now}")
+    raise RunError(f"{run.path}: --resume would score with another scorer than the journal's rows ("
+                   + "; ".join(diff) + "); resume with the run's original model settings, or start a new run")
+
+
+def check_instruction_fits(backend: LMBackend, instruction: str, *, what: str) -> None:
+    """Refuse an instruction that fills the model's context window, before anything is scored.
+
+    :raises UsageError: the instruction is at least as many tokens as the model's window (says both).
+    """
+    window = backend.context_window
+    if not window or not instruction:
+        return
+    if len(instruction) < window:  # a token is at least one character: it fits
+        return
+    tokens = backend.count_tokens([instruction])
+    if tokens >= window:
+        raise UsageError(f"{what} is {tokens} tokens ({len(instruction)} characters) but {backend.name}'s context "
+                         f"window is {window} tokens: it would be cut silently; shorten it well below the window "
+                         "(the question and answer need room too)")
 
 
 def build_backend(model: str, model_args: str | dict, registries: Registries, *, dtype: str,
@@ -143,10 +248,54 @@ def prepare_run(
     """
     if resume is not None:
         run = RunDir.open(resume)
-        saved = run.config().get("settings")
-        if not saved:
-            raise RunError(f"{resume}/config.json has no 'settings'; it was not written by tp-harness optimize")
-        settings = OptimizeSettings(**saved)
+        run.lock()  # one writer per run: a second --resume stops here, before it reads or writes anything
+        try:
+            return _prepare(_saved_settings(run), registries, run=run)
+        except BaseException:
+            run.unlock()
+            raise
+    return _prepare(settings, registries, run=None)
+
+
+def _check_new_run_dir(results_dir: Path, run_id: str) -> None:
+    """Refuse, before any model loads, a results folder that cannot hold runs or a run id that is taken.
+
+    :raises RunError: ``results_dir`` (or ``runs/`` in it) is a file, or the run directory exists already.
+    """
+    for path in (results_dir, results_dir / "runs"):
+        if path.exists() and not path.is_dir():
+            raise RunError(f"--results-dir: {path} is a file, not a directory; pass a directory (default results)")
+    run_dir = results_dir / "runs" / run_id
+    if run_dir.exists():
+        raise RunError(f"run directory {run_dir} exists already; resume it with --resume {run_dir}, or pick "
+                       "another --run-id")
+
+
+def _saved_settings(run: RunDir) -> OptimizeSettings:
+    """The settings in a run's config.json; :raises RunError: missing, or with keys this version does not know."""
+    import dataclasses
+
+    saved = run.config().get("settings")
+    if not saved or not isinstance(saved, dict):
+        raise RunError(f"{run.path}/config.json has no 'settings'; it was not written by tp-harness optimize")
+    known = {f.name for f in dataclasses.fields(OptimizeSettings)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise RunError(f"{run.path}/config.json: settings has unknown key(s) {', '.join(unknown)}; known: "
+                       f"{', '.join(sorted(known))}; restore the file, or resume with the tp-harness version that "
+                       "wrote it")
+    return OptimizeSettings(**saved)
+
+
+def _prepare(settings: OptimizeSettings, registries: Registries, *, run: RunDir | None
+             ) -> tuple[RunContext, Projection]:
+    """:func:`prepare_run` once the settings are known; ``run`` is the locked run directory of a resume."""
+    from .backends import check_model_args
+
+    check_model_args(settings.model, parse_model_args(settings.model_args), registries.backends)
+    if settings.reference_model or settings.reference_model_args:
+        check_model_args(settings.reference_model or settings.model,
+                         parse_model_args(settings.reference_model_args or ""), registries.backends)
     if settings.mode not in MODES:
         raise UsageError(f"mode {settings.mode!r} is not one of {', '.join(MODES)}")
     if settings.mode != "no_transfer" and len(settings.sources) < 1:
@@ -154,13 +303,19 @@ def prepare_run(
                          "or use --no-transfer")
     if not settings.targets and settings.mode != "source_only":
         raise UsageError("--targets needs at least one target task")
+    run_id = settings.run_id or make_run_id(settings.model, settings.targets, settings.mode)
+    if run is None:
+        _check_new_run_dir(Path(settings.results_dir), run_id)
     budget: Budget = get_budget(settings.budget)
     registries.optimizers.get(settings.optimizer)
-    source_specs = load_specs(settings.sources if settings.mode != "no_transfer" else [], settings.spec_dirs, registries)
-    target_specs = load_specs(settings.targets, settings.spec_dirs, registries)
+    outside = settings.allow_data_outside_spec_dir
+    source_specs = load_specs(settings.sources if settings.mode != "no_transfer" else [], settings.spec_dirs, registries,
+                              allow_data_outside=outside)
+    target_specs = load_specs(settings.targets, settings.spec_dirs, registries, allow_data_outside=outside)
     caps = budget.caps()
     sources = [prepare_task(s, sources=registries.tasks, mode=settings.scoring_mode, caps=caps) for s in source_specs]
     targets = [prepare_task(s, sources=registries.tasks, mode=settings.scoring_mode, caps=caps) for s in target_specs]
+    check_cache_dir(settings.cache)
     scorer = build_backend(settings.model, settings.model_args, registries, dtype=settings.dtype,
                            batch_size=settings.batch_size, cache=settings.cache)
     _check_scoring_modes(scorer, [*sources, *targets])
@@ -172,8 +327,12 @@ def prepare_run(
                                   dtype=settings.dtype, batch_size=settings.batch_size, cache=settings.cache)
     if reference.loglikelihood_only and settings.reference_share > 0:
         raise BackendError(reference.name, REFERENCE_BASE_MODEL_PROBLEM, REFERENCE_BASE_MODEL_FIX)
-    if resume is None:
-        run_id = settings.run_id or make_run_id(settings.model, settings.targets, settings.mode)
+    for task in [*sources, *targets]:
+        check_instruction_fits(scorer, task.spec.tp.instruction, what=f"the instruction of task {task.name!r}")
+    stamp = scorer_stamp(settings, scorer)
+    if run is not None:
+        check_resume_scorer(run, stamp)
+    else:
         config = {
             "settings": asdict(settings),
             "model": settings.model, "model_args": settings.model_args,
@@ -181,7 +340,7 @@ def prepare_run(
             "reference_model_args": (reference_args or settings.model_args)
             if reference_model in (None, "", settings.model) else (reference_args or ""),
             "scorer_identity": scorer.identity, "reference_identity": reference.identity,
-            "scorer_checkpoint": scorer.checkpoint,
+            "scorer_checkpoint": scorer.checkpoint, "scorer_stamp": stamp,
             "mode": settings.mode, "budget": settings.budget, "budget_values": asdict(budget),
             "seed": settings.seed, "sources": [s.name for s in sources], "targets": [t.name for t in targets],
             "specs": {s.name: str(s.spec.path) for s in [*sources, *targets]},
@@ -189,6 +348,9 @@ def prepare_run(
             "argv": sys.argv, "versions": _versions(),
         }
         run = RunDir.create(Path(settings.results_dir) / "runs", run_id, config)
+    from .backends.base import fingerprint
+
+    run.row_defaults = {"scorer": fingerprint(stamp)}
     ctx = RunContext(registries=registries, scorer=scorer, reference=reference, sources=sources, targets=targets,
                      budget=budget, seed=settings.seed, mode=settings.mode, run=run,
                      reference_share=settings.reference_share)
@@ -303,16 +465,19 @@ def run_optimize(
 ) -> tuple[RunDir, dict[str, Any]]:
     """Run a whole optimization: prepare, project, optimize, export, report. Returns the run dir and results."""
     ctx, projection = prepare_run(settings, registries, resume=resume)
-    ctx.progress = progress
-    if on_projection:
-        on_projection(projection, ctx)
-    optimizer = registries.optimizers.get(ctx.run.config()["settings"]["optimizer"])
-    before = _call_counts(ctx)
-    outcome = optimizer.run(ctx)
-    calls = {k: v - before[k] for k, v in _call_counts(ctx).items()}
-    calls["projected_scorer_requests"] = projection.scorer_requests
-    results_root = ctx.run.path.parent.parent  # <results>/runs/<run_id>: valid from any working directory
-    results = finish_run(ctx, outcome, results_root=results_root, calls=calls)
+    try:
+        ctx.progress = progress
+        if on_projection:
+            on_projection(projection, ctx)
+        optimizer = registries.optimizers.get(ctx.run.config()["settings"]["optimizer"])
+        before = _call_counts(ctx)
+        outcome = optimizer.run(ctx)
+        calls = {k: v - before[k] for k, v in _call_counts(ctx).items()}
+        calls["projected_scorer_requests"] = projection.scorer_requests
+        results_root = ctx.run.path.parent.parent  # <results>/runs/<run_id>: valid from any working directory
+        results = finish_run(ctx, outcome, results_root=results_root, calls=calls)
+    finally:
+        ctx.run.unlock()  # the run's lock is held from prepare_run to here
     return ctx.run, results
 
 
@@ -337,17 +502,30 @@ def evaluate_prompt(
     batch_size: str = "16",
     seed_caps: dict[str, int] | None = None,
     cache: bool = True,
+    allow_data_outside: bool = False,
 ) -> tuple[PreparedTask, Evaluation]:
     """Evaluate one instruction (default: the task's original) on one split of one task.
 
+    Everything is checked before the model loads: the limit, the model args, the spec, every doc of every
+    split and the cache folder; the instruction's length in tokens right after (it needs the tokenizer).
+
     :return: the prepared task and the :class:`Evaluation` (records and metrics).
+    :raises UsageError: ``limit`` < 1, unknown model args, or an instruction longer than the model's window.
     """
-    spec = load_specs([task], spec_dirs, registries)[0]
+    from .backends import check_model_args
+
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {limit} (leave it out to evaluate the whole split)")
+    args = parse_model_args(model_args)
+    check_model_args(model, args, registries.backends)
+    spec = load_specs([task], spec_dirs, registries, allow_data_outside=allow_data_outside)[0]
     caps = dict(seed_caps or {})
-    if limit:
+    if limit is not None:
         caps[split] = limit
     prep = prepare_task(spec, sources=registries.tasks, mode=scoring_mode, caps=caps)
-    backend = build_backend(model, model_args, registries, dtype=dtype, batch_size=batch_size, cache=cache)
+    check_cache_dir(cache)
+    backend = build_backend(model, args, registries, dtype=dtype, batch_size=batch_size, cache=cache)
     instruction = spec.tp.instruction if prompt is None else prompt
+    check_instruction_fits(backend, instruction, what="the instruction")
     (ev,) = evaluate_jobs(backend, [EvalJob(prep, split, instruction)], metrics=registries.metrics)
     return prep, ev

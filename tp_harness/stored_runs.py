@@ -124,19 +124,29 @@ def load_results(results_root: Path) -> tuple[list[StoredRun], list[str]]:
 
 
 def read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
-    """Object rows of a JSONL file; a blank, corrupt or non-object line is skipped with a warning."""
+    """Object rows of a JSONL file; a blank, corrupt, non-UTF-8 or non-object line is skipped with a warning.
+
+    An unreadable file gives ``[]`` with a warning.
+    """
     rows: list[dict[str, Any]] = []
-    with Path(path).open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                log.warning("%s:%d: corrupt JSONL row skipped: %s", path, number, err.msg)
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        log.warning("%s: cannot read (%s); skipped", path, err.strerror or err)
+        return rows
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            log.warning("%s:%d: non-UTF-8 JSONL row skipped (%s)", path, number, err.reason)
+            continue
+        except json.JSONDecodeError as err:
+            log.warning("%s:%d: corrupt JSONL row skipped: %s", path, number, err.msg)
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 

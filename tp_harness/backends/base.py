@@ -130,6 +130,15 @@ class LMBackend:
         """Render chat ``messages`` (``[{"role", "content"}, ...]``) to the model's prompt string."""
         return self.lm.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
 
+    @property
+    def context_window(self) -> int | None:
+        """The model's context window in tokens (lm-eval's ``max_length``), or None when it does not say."""
+        try:
+            value = getattr(self.lm, "max_length", None)
+        except Exception:  # an lm-eval model that cannot tell without a server round trip
+            return None
+        return int(value) if isinstance(value, int) and value > 0 else None
+
     def count_tokens(self, texts: Sequence[str]) -> int:
         """Total number of tokens of ``texts`` under the model's tokenizer (0 if it has none)."""
         tok = getattr(self.lm, "tokenizer", None)
@@ -184,16 +193,24 @@ def fingerprint(obj: Any) -> str:
 
 
 def parse_model_args(text: str | None) -> dict[str, str]:
-    """Parse lm-eval style ``key=value,key=value`` model args into a dict of strings."""
+    """Parse lm-eval style ``key=value,key=value`` model args into a dict of strings.
+
+    :raises UsageError: a part is not exactly one ``key=value`` (no ``=``, an empty key, a second ``=``), or a
+        key is given twice.
+    """
+    from ..errors import UsageError
+
     out: dict[str, str] = {}
     for part in (text or "").split(","):
         part = part.strip()
         if not part:
             continue
         key, sep, value = part.partition("=")
-        if not sep:
-            from ..errors import UsageError
-
-            raise UsageError(f"--model-args: {part!r} is not key=value (e.g. pretrained=./my-model,dtype=float32)")
-        out[key.strip()] = value.strip()
+        key, value = key.strip(), value.strip()
+        if not sep or not key or "=" in value:
+            raise UsageError(f"--model-args: {part!r} is not one key=value pair (e.g. "
+                             "pretrained=./my-model,dtype=float32)")
+        if key in out:
+            raise UsageError(f"--model-args: {key!r} is given twice")
+        out[key] = value
     return out

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import CacheError
+
 SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -77,16 +79,45 @@ class ResponseCache:
 
     Values are JSON: ``[loglikelihood, is_greedy]`` for loglikelihood, the string for generate_until.
     :param path: the database file; its folder is created. Safe to share between processes.
-    :raises sqlite3.DatabaseError: the file exists and is not a SQLite database.
+    :raises CacheError: the folder cannot be created, or the file cannot be opened or is not a SQLite database
+        (the message suggests ``tp-harness cache clear`` or ``--no-cache``).
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.stats = CacheStats()
         self._local = threading.local()
-        with self._connect() as con:
-            con.executescript(_SCHEMA)
+        with self._guard():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as con:
+                con.executescript(_SCHEMA)
+
+    def _guard(self):
+        """A context that turns sqlite and OS errors on the cache file into one :class:`CacheError`."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def guard():
+            try:
+                yield
+            except sqlite3.Error as err:
+                raise CacheError(self.path, f"unreadable ({type(err).__name__}: {err})") from None
+            except OSError as err:
+                where = err.filename or self.path
+                raise CacheError(self.path, f"cannot use {where} ({err.strerror or err})") from None
+
+        return guard()
+
+    @staticmethod
+    def remove_files(path: str | Path) -> list[Path]:
+        """Delete a cache database and its WAL and shared-memory files; :return: the paths deleted."""
+        path = Path(path)
+        gone = []
+        for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if p.is_file():
+                p.unlink()
+                gone.append(p)
+        return gone
 
     def _connect(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
@@ -101,12 +132,13 @@ class ResponseCache:
         """The stored values of ``keys`` that are present (decoded from JSON), by key."""
         keys = list(dict.fromkeys(keys))
         out: dict[str, Any] = {}
-        con = self._connect()
-        for i in range(0, len(keys), _CHUNK):
-            chunk = keys[i:i + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for key, value in con.execute(f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk):
-                out[key] = json.loads(value)
+        with self._guard():
+            con = self._connect()
+            for i in range(0, len(keys), _CHUNK):
+                chunk = keys[i:i + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for key, value in con.execute(f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk):
+                    out[key] = json.loads(value)
         return out
 
     def put_many(self, rows: Iterable[tuple[str, str, str, Any]]) -> int:
@@ -119,34 +151,37 @@ class ResponseCache:
         data = [(k, m, t, json.dumps(v), now) for k, m, t, v in rows if v is not None and v != ""]
         if not data:
             return 0
-        con = self._connect()
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            con.executemany("INSERT OR IGNORE INTO responses (key, model, request_type, value, created) "
-                            "VALUES (?, ?, ?, ?, ?)", data)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
+        with self._guard():
+            con = self._connect()
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.executemany("INSERT OR IGNORE INTO responses (key, model, request_type, value, created) "
+                                "VALUES (?, ?, ?, ?, ?)", data)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
         return len(data)
 
     def summary(self) -> dict[str, Any]:
         """What is stored: the file, its size in bytes, the entry count and counts per (model, request type)."""
-        con = self._connect()
-        rows = con.execute("SELECT model, request_type, COUNT(*) FROM responses GROUP BY model, request_type "
-                           "ORDER BY model, request_type").fetchall()
+        with self._guard():
+            con = self._connect()
+            rows = con.execute("SELECT model, request_type, COUNT(*) FROM responses GROUP BY model, request_type "
+                               "ORDER BY model, request_type").fetchall()
         size = sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
         return {"path": str(self.path), "bytes": size, "entries": sum(r[2] for r in rows),
                 "by_model": [{"model": m, "request_type": t, "entries": n} for m, t, n in rows]}
 
     def clear(self, model: str | None = None) -> int:
         """Delete every entry (or those of one ``model`` key); :return: how many were deleted."""
-        con = self._connect()
-        if model:
-            cur = con.execute("DELETE FROM responses WHERE model = ?", (model,))
-        else:
-            cur = con.execute("DELETE FROM responses")
-        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with self._guard():
+            con = self._connect()
+            if model:
+                cur = con.execute("DELETE FROM responses WHERE model = ?", (model,))
+            else:
+                cur = con.execute("DELETE FROM responses")
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return cur.rowcount
 
     def close(self) -> None:
@@ -161,7 +196,10 @@ _OPEN: dict[str, ResponseCache] = {}
 
 
 def open_cache(directory: str | Path | None = None) -> ResponseCache:
-    """The process-wide :class:`ResponseCache` of ``directory`` (default :func:`default_cache_dir`)."""
+    """The process-wide :class:`ResponseCache` of ``directory`` (default :func:`default_cache_dir`).
+
+    :raises CacheError: the directory is a file or cannot be created, or the database is unreadable.
+    """
     path = (Path(directory) if directory else default_cache_dir()) / "responses.sqlite"
     key = str(path.resolve())
     if key not in _OPEN:
