@@ -23,8 +23,9 @@ from .templates import SecurityError
 Origin = tuple[Path, int]
 
 
-def _render(spec: TaskSpec, mode: str, field: str, origin: Origin, call: Any, doc: Mapping[str, Any]) -> Any:
-    """Call ``task.doc_to_<x>(doc)``; turn a failure into an error naming the row and the spec field."""
+def _render(spec: TaskSpec, mode: str, field: str, origin: Origin, call: Any, doc: Mapping[str, Any], *,
+            split: str) -> Any:
+    """Call ``task.doc_to_<x>(doc)``; turn a failure into an error naming the row, its split and the spec field."""
     where = _field_where(spec, mode, field)
     try:
         return call(doc)
@@ -33,13 +34,13 @@ def _render(spec: TaskSpec, mode: str, field: str, origin: Origin, call: Any, do
                         "fields only", line=spec.line_of(where)) from None
     except jinja2.UndefinedError as err:
         fields = ", ".join(sorted(map(str, doc))) or "none"
-        raise DataError(origin[0], f"{where} (spec {spec.path.name}:{spec.line_of(where)}) reads a field this row "
-                        f"lacks ({err.message}); the row's fields: {fields}; add the column or fix the template",
+        raise DataError(origin[0], f"{where} (spec {spec.path.name}:{spec.line_of(where)}) reads a field this "
+                        f"{split}-split row lacks ({err.message}); the row's fields: {fields}; add the column or fix the template",
                         line=origin[1]) from None
     except jinja2.TemplateError as err:
         raise SpecError(spec.path, where, f"the template fails: {err}", line=spec.line_of(where)) from None
     except (ValueError, KeyError, IndexError, TypeError, SyntaxError) as err:
-        raise DataError(origin[0], f"{where} (spec {spec.path.name}:{spec.line_of(where)}) fails on this row: "
+        raise DataError(origin[0], f"{where} (spec {spec.path.name}:{spec.line_of(where)}) fails on this {split} split row: "
                         f"{type(err).__name__}: {str(err)[:200]}; fix the row or the template",
                         line=origin[1]) from None
 
@@ -85,6 +86,51 @@ def _gold_problem(target: Any, choices: Sequence[str] | None, fmt: AnswerFormat 
     return None
 
 
+class _Templates:
+    """The ``doc_to_*`` fields of an lm-eval config rendered as lm-eval renders them, in the sandbox (no task)."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = config
+
+    def _field(self, name: str, doc: Mapping[str, Any]) -> Any:
+        from .templates import sandbox
+
+        value = self.config.get(name)
+        if not isinstance(value, str):
+            return value
+        if value in doc:
+            return doc[value]
+        return sandbox().from_string(value).render(**doc)
+
+    def doc_to_text(self, doc: Mapping[str, Any]) -> Any:
+        return self._field("doc_to_text", doc)
+
+    def doc_to_target(self, doc: Mapping[str, Any]) -> Any:
+        return self._field("doc_to_target", doc)
+
+    def doc_to_choice(self, doc: Mapping[str, Any]) -> Any:
+        import ast
+
+        value = self.config.get("doc_to_choice")
+        if isinstance(value, dict):
+            return list(value.values())
+        if not isinstance(value, str) or value in doc:
+            return self._field("doc_to_choice", doc)
+        return ast.literal_eval(self._field("doc_to_choice", doc))  # as lm-eval reads a rendered choice list
+
+
+def check_first_doc(spec: TaskSpec, config: Mapping[str, Any], *, mode: str, doc: Mapping[str, Any],
+                    origin: Origin) -> None:
+    """Render the first test doc's templates in the sandbox before lm-eval builds the task (which renders it).
+
+    :raises SpecError: the sandbox refuses a template. :raises DataError: the row lacks a field, or a template
+        fails on it (as :func:`check_docs`).
+    """
+    templates = _Templates(config)
+    for name in ("doc_to_text", "doc_to_target", "doc_to_choice"):
+        _render(spec, mode, name, origin, getattr(templates, name), doc, split="test")
+
+
 def check_docs(spec: TaskSpec, task: Any, *, mode: str, answer_format: AnswerFormat | None,
                splits: Mapping[str, Sequence[int]], docs: Sequence[Mapping[str, Any]],
                origins: Sequence[Origin]) -> None:
@@ -104,15 +150,15 @@ def check_docs(spec: TaskSpec, task: Any, *, mode: str, answer_format: AnswerFor
     for split, indices in splits.items():
         for i in indices:
             doc, origin = docs[i], origins[i]
-            _render(spec, mode, "doc_to_text", origin, task.doc_to_text, doc)
+            _render(spec, mode, "doc_to_text", origin, task.doc_to_text, doc, split=split)
             choices = None
             if needs_choices:
-                raw = _render(spec, mode, "doc_to_choice", origin, task.doc_to_choice, doc)
+                raw = _render(spec, mode, "doc_to_choice", origin, task.doc_to_choice, doc, split=split)
                 if not isinstance(raw, (list, tuple)) or not raw:
                     raise DataError(origin[0], f"doc_to_choice gives {str(raw)[:80]!r} for this row, not a non-empty "
                                     "list of choices", line=origin[1])
                 choices = [str(c) for c in raw]
-            target = _render(spec, mode, "doc_to_target", origin, task.doc_to_target, doc)
+            target = _render(spec, mode, "doc_to_target", origin, task.doc_to_target, doc, split=split)
             problem = _gold_problem(target, choices, answer_format, mode)
             if problem:
                 where = _field_where(spec, mode, "doc_to_target")

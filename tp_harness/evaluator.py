@@ -81,7 +81,7 @@ def prepare_task(
     from lm_eval.api.task import ConfigurableTask
 
     from .data import load_rows, split_indices
-    from .doc_checks import check_docs
+    from .doc_checks import check_docs, check_first_doc
     from .templates import install_lm_eval_sandbox
 
     install_lm_eval_sandbox()  # every template of the task renders in jinja2's sandbox
@@ -99,6 +99,9 @@ def prepare_task(
         config.pop(key, None)
     config.update(custom_dataset=lambda **_: dataset, test_split="test", metadata={"version": 1.0})
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    if capped["test"]:  # lm-eval renders the first test doc while it builds the task: check it first
+        first = capped["test"][0]
+        check_first_doc(spec, config, mode=mode, doc=all_docs[first], origin=rows[first][:2])
     task = ConfigurableTask(config=config)
     check_docs(spec, task, mode=mode, answer_format=spec.answer_format(mode), splits=full, docs=all_docs,
                origins=[(path, line) for path, line, _row in rows])

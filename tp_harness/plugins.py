@@ -288,7 +288,8 @@ def build_registries(pm: pluggy.PluginManager | None = None) -> Registries:
                 raise
             except Exception as err:  # a plugin's hook is not ours: name it and its distribution
                 info = sources.get(impl.plugin_name)
-                dist = f" (distribution {info.dist} {info.version or ''})".replace(" )", ")") if info and info.dist else ""
+                dist = (f" (distribution {info.dist} {info.version or ''})".replace(" )", ")") if info and info.dist
+                        else " (no installed distribution; found on the Python path)")
                 raise PluginError(
                     f"plugin {impl.plugin_name!r}{dist} raised in its {hook_name} hook: {type(err).__name__}: {err}\n"
                     f"  to fix: update or uninstall the plugin, or leave it out with {PLUGINS_ENV}=name,..."

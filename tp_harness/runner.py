@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import logging
+import os
 import platform
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -250,6 +251,7 @@ def prepare_run(
         run = RunDir.open(resume)
         run.lock()  # one writer per run: a second --resume stops here, before it reads or writes anything
         try:
+            run.journal()  # a damaged journal is refused now, before any model loads
             return _prepare(_saved_settings(run), registries, run=run)
         except BaseException:
             run.unlock()
@@ -262,9 +264,14 @@ def _check_new_run_dir(results_dir: Path, run_id: str) -> None:
 
     :raises RunError: ``results_dir`` (or ``runs/`` in it) is a file, or the run directory exists already.
     """
-    for path in (results_dir, results_dir / "runs"):
-        if path.exists() and not path.is_dir():
-            raise RunError(f"--results-dir: {path} is a file, not a directory; pass a directory (default results)")
+    for path in (results_dir / "runs", *(results_dir / "runs").parents):
+        if path.exists():
+            if not path.is_dir():
+                raise RunError(f"--results-dir: {path} is a file, not a directory; pass a directory (default results)")
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise RunError(f"--results-dir: cannot create run directories under {path} (not writable); pass a "
+                               "writable directory")
+            break
     run_dir = results_dir / "runs" / run_id
     if run_dir.exists():
         raise RunError(f"run directory {run_dir} exists already; resume it with --resume {run_dir}, or pick "

@@ -96,6 +96,8 @@ def parse_yaml(path: Path) -> tuple[Any, dict[str, int]]:
         raise SpecError(
             path, "(file)", f"expected UTF-8 text, got undecodable bytes ({err.reason})"
         ) from None
+    except OSError as err:
+        raise SpecError(path, "(file)", f"cannot read the spec ({err.strerror or err}); pass a readable YAML file") from None
     loader = _SpecLoader(text)
     try:
         node = loader.get_single_node()
