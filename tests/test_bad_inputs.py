@@ -876,19 +876,16 @@ def test_fault_disk_full_mid_run_is_one_error_line_then_resume_equals_an_uninter
         proc = _start(specs, disk / "results", "--run-id", "full")
         assert _wait_until(proc, lambda: len(_rows(run)) >= 1)
         filler = disk / "filler"
-        with filler.open("wb") as f:  # fill the disk to the last byte
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            except OSError:
-                pass
-            try:
-                while True:
-                    f.write(b"\0")
-                    f.flush()
-            except OSError:
-                pass
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:  # fill the disk to the last byte, unbuffered
+            for size in (1 << 16, 1 << 12, 1):
+                try:
+                    while True:
+                        os.write(fd, b"\0" * size)
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
         _, err = proc.communicate(timeout=600)
         assert_clear(proc.returncode, err, "No space left on device", "--resume")
         filler.unlink()
