@@ -11,13 +11,14 @@ transactions, readers never block writers (WAL), and a busy database is retried 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,17 @@ CREATE TABLE IF NOT EXISTS responses (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+@contextlib.contextmanager
+def _cache_errors(path: Path) -> Iterator[None]:
+    """Turn sqlite and OS errors on the cache file at ``path`` into one :class:`CacheError`."""
+    try:
+        yield
+    except sqlite3.Error as err:
+        raise CacheError(path, f"unreadable ({type(err).__name__}: {err})") from None
+    except OSError as err:
+        raise CacheError(path, f"cannot use {err.filename or path} ({err.strerror or err})") from None
+
+
 _CHUNK = 500  # keys per SELECT (SQLite's variable limit is 32766; smaller chunks keep statements cheap)
 
 
@@ -92,21 +104,8 @@ class ResponseCache:
             with self._connect() as con:
                 con.executescript(_SCHEMA)
 
-    def _guard(self):
-        """A context that turns sqlite and OS errors on the cache file into one :class:`CacheError`."""
-        import contextlib
-
-        @contextlib.contextmanager
-        def guard():
-            try:
-                yield
-            except sqlite3.Error as err:
-                raise CacheError(self.path, f"unreadable ({type(err).__name__}: {err})") from None
-            except OSError as err:
-                where = err.filename or self.path
-                raise CacheError(self.path, f"cannot use {where} ({err.strerror or err})") from None
-
-        return guard()
+    def _guard(self) -> contextlib.AbstractContextManager[None]:
+        return _cache_errors(self.path)
 
     @staticmethod
     def remove_files(path: str | Path) -> list[Path]:
