@@ -8,6 +8,8 @@ test command below runs only ``tests/``.
 
 The shared embedded-model cache: tests use ``$TP_CACHE_DIR`` when it is set (CI sets it), else the
 user's default cache, so the GGUF -> safetensors conversion happens once per machine, not per test.
-"""
 
-pytest_plugins = ["pytester"]
+``pytester`` (for the plugin's own tests) is enabled in pyproject.toml (``addopts = "-p pytester"``), not here:
+a ``pytest_plugins`` line in this file would break ``pytest --tp-model=...`` run from another directory, which
+collects the shipped specs beside this file and so loads it as a non-root conftest.
+"""

@@ -178,3 +178,27 @@ def test_make_run_id_without_targets_and_with_long_names() -> None:
     long_id = make_run_id("x" * 300, ["t/../../etc"], "full", now=now)
     assert len(long_id) <= 120
     assert re.fullmatch(r"[A-Za-z0-9_.-]+", long_id) and "/" not in long_id
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_written_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
+    """Atomic writes go through a 0600 temp file; the result has the mode ``open`` would give (0644 under 022)."""
+    import os
+
+    from tp_harness.files import atomic_write_text
+    from tp_harness.plots import plot_metric_bars
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        atomic_write_json(tmp_path / "b.json", {"a": 1})
+        run = RunDir.create(tmp_path / "runs", "r", {"seed": 1})
+        run.append({"stage": "target", "step": 0})
+        plot_metric_bars({"t": {"original": {"acc": 0.5, "ece": 0.2}, "best_target": {"acc": 0.6, "ece": 0.1}}},
+                         tmp_path / "bars.png")
+    finally:
+        os.umask(old)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) >= 5
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(0o666 & ~umask) for p in files}
+    assert not [p for p in tmp_path.rglob(".*tmp")]  # no temp file left behind

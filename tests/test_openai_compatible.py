@@ -1,26 +1,35 @@
 """Tests of the ``openai-compatible`` backend: its error messages, and real scoring against a real server.
 
-The slow tests start llama-cpp-python's OpenAI-compatible server (``python -m llama_cpp.server``, extra
-``tp-harness[llama-server]``) on 127.0.0.1 serving the embedded model's GGUF, and score generate_until tasks
-through it, in chat mode and in completions mode. They skip only when that server package is not installed.
+The slow tests start a real OpenAI-compatible server on 127.0.0.1 and score generate_until tasks through it:
+- ``transformers serve`` (extra ``tp-harness[serving]``, part of ``[test]``; wheels only, no compiler) serving the
+  embedded model's converted checkpoint, offline. Its greedy generations must equal the ``hf`` backend's on the
+  same docs, since it runs the same checkpoint with the same chat template.
+- ``python -m llama_cpp.server`` (extra ``tp-harness[llama-server]``, which builds llama-cpp-python from source and
+  which no README command installs) serving the GGUF, with an API key. Its tests skip, saying why, without it.
 """
 
 from __future__ import annotations
 
+import http.server
 import importlib.util
 import json
+import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from tp_harness.backends.openai_compatible import (
     OpenAICompatibleBackend,
     api_root,
+    check_server,
+    cut_at_stop,
     make_openai_compatible_backend,
 )
 from tp_harness.errors import BackendError
@@ -28,7 +37,8 @@ from tp_harness.errors import BackendError
 TASK = "financial_phrasebank"
 KEY = "tp-harness-test-key"
 KEY_ENV = "TP_TEST_SERVER_KEY"
-SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+LLAMA_SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+TRANSFORMERS_SERVER_MODULES = ("fastapi", "uvicorn", "openai")
 
 
 def _free_port() -> int:
@@ -98,63 +108,127 @@ def test_the_backend_is_registered(registries):
     assert "base_url=" in registries.backends.get("openai-compatible").description
 
 
+def test_generations_are_cut_at_the_first_stop_sequence():
+    assert cut_at_stop("Answer: B\n\nQuestion: next", ["\n\n", "Question:"]) == "Answer: B"
+    assert cut_at_stop("Answer: B", ["\n\n"]) == "Answer: B"
+    assert cut_at_stop("abc", []) == "abc"
+    assert cut_at_stop("1. 1\n2. 2\n5", ["5"]) == "1. 1\n2. 2\n"
+
+
+class _RefusingHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 - http.server's name
+        self.send_response(401)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_refused_key_is_a_clear_error():
+    """A server that answers 401 (a stdlib HTTP server standing in; the llama.cpp test below uses a real one)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RefusingHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        root = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        with pytest.raises(BackendError, match=r"refused the API key \(HTTP 401\)"):
+            check_server(root, model="m", headers={"Authorization": "Bearer wrong"})
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # ----------------------------------------------------------------------------------------------
-# a real OpenAI-compatible server serving the embedded model
+# real OpenAI-compatible servers serving the embedded model
+
+
+def _wait_for_server(proc: subprocess.Popen, root: str, log_path: Path, headers: dict[str, str]) -> None:
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(urllib.request.Request(f"{root}/models", headers=headers), timeout=5) as r:
+                if json.loads(r.read())["data"]:
+                    return
+        except (urllib.error.URLError, OSError, ValueError, KeyError):
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"the server did not answer in 180 s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """``python -m llama_cpp.server`` on a free port with the embedded GGUF; yields the API root; stops it after."""
-    absent = [m for m in SERVER_MODULES if importlib.util.find_spec(m) is None]
+def transformers_server(tmp_path_factory):
+    """``transformers serve <checkpoint>`` on a free port, offline, fp32 on the CPU; yields (API root, model name)."""
+    absent = [m for m in TRANSFORMERS_SERVER_MODULES if importlib.util.find_spec(m) is None]
     if absent:
-        pytest.skip(f"the OpenAI-compatible test server is not installed (missing {', '.join(absent)}): "
-                    "pip install 'tp-harness[llama-server]'")
+        pytest.skip(f"transformers' OpenAI-compatible server is not installed (missing {', '.join(absent)}): "
+                    "pip install 'tp-harness[serving]'")
+    from tp_harness.backends.embedded import ZOO, ensure_checkpoint
+
+    checkpoint = str(ensure_checkpoint(ZOO["smollm2-135m"]))
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("transformers-serve") / "server.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from transformers.cli.transformers import main; sys.exit(main())",
+             "serve", checkpoint, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype",
+             "float32", "--log-level", "warning"],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+    root = f"http://127.0.0.1:{port}/v1"
+    try:
+        _wait_for_server(proc, root, log_path, {})
+        yield root, checkpoint
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    """``python -m llama_cpp.server`` on a free port with the embedded GGUF and an API key; yields the API root."""
+    absent = [m for m in LLAMA_SERVER_MODULES if importlib.util.find_spec(m) is None]
+    if absent:
+        pytest.skip(f"llama-cpp-python's server is not installed (missing {', '.join(absent)}): "
+                    "pip install 'tp-harness[llama-server]' (builds llama-cpp-python from source)")
     from tp_harness.backends.embedded import ZOO, locate_gguf
 
     gguf = locate_gguf(ZOO["smollm2-135m"])
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2",
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1",
-         "--n_threads_batch", "1", "--api_key", KEY],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
+    log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2",
+             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1",
+             "--n_threads_batch", "1", "--api_key", KEY],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
     root = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                request = urllib.request.Request(f"{root}/models", headers={"Authorization": f"Bearer {KEY}"})
-                with urllib.request.urlopen(request, timeout=5) as response:
-                    if json.loads(response.read())["data"]:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not answer in 180 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+        _wait_for_server(proc, root, log_path, {"Authorization": f"Bearer {KEY}"})
         yield root
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        _stop(proc)
 
 
 @pytest.mark.slow
-def test_cli_evaluates_a_generate_until_task_through_the_chat_endpoint(server, monkeypatch, capsys):
+def test_cli_evaluates_a_generate_until_task_through_the_chat_endpoint(transformers_server, capsys):
     from tp_harness.cli import main
 
-    monkeypatch.setenv(KEY_ENV, KEY)
+    root, model = transformers_server
     code = main(["evaluate", "--model", "openai-compatible", "--model-args",
-                 f"base_url={server},model=smollm2,chat=true,num_concurrent=2,api_key_env={KEY_ENV}",
+                 f"base_url={root},model={model},chat=true,num_concurrent=2",
                  "--scoring-mode", "generate_until", "--task", TASK, "--limit", "3", "--no-cache", "--show-samples", "3"])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -166,32 +240,50 @@ def test_cli_evaluates_a_generate_until_task_through_the_chat_endpoint(server, m
 
 
 @pytest.mark.slow
-def test_completions_endpoint_with_a_local_tokenizer_scores_real_generations(server, registries, monkeypatch):
-    from tp_harness.backends.embedded import ZOO, ensure_checkpoint
+@pytest.mark.parametrize("chat", [True, False], ids=["chat-endpoint", "completions-endpoint"])
+def test_greedy_generations_through_the_server_equal_the_hf_backend(transformers_server, registries, chat):
+    """The same checkpoint, chat template and greedy decoding: the served answers are the ``hf`` backend's, word for
+    word, on the same docs (``/chat/completions`` renders the template on the server; ``/completions`` with
+    ``tokenizer=`` renders it here)."""
     from tp_harness.runner import evaluate_prompt
 
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)  # the default api_key_env
-    tokenizer = ensure_checkpoint(ZOO["smollm2-135m"])
-    _prep, ev = evaluate_prompt(task=TASK, registries=registries, model="openai-compatible",
-                                model_args=f"base_url={server}/completions,model=smollm2,tokenizer={tokenizer}",
-                                scoring_mode="generate_until", limit=3, cache=False)
-    assert ev.n == 3 and ev.mode == "generate_until"
-    assert ev.metrics["ifr"] is not None and 0.0 <= ev.metrics["ifr"] <= 1.0
-    assert ev.metrics["acc"] is not None and ev.metrics["composite"] is not None
-    assert all(r.response.strip() for r in ev.records)  # the server generated text for every doc
-    assert ev.tokens > 0  # counted with the local tokenizer
+    root, model = transformers_server
+    args = f"base_url={root},model={model}," + ("chat=true" if chat else f"chat=false,tokenizer={model}")
+    _prep, served = evaluate_prompt(task=TASK, registries=registries, model="openai-compatible", model_args=args,
+                                    scoring_mode="generate_until", limit=4, cache=False)
+    _prep, local = evaluate_prompt(task=TASK, registries=registries, model="hf", model_args=f"pretrained={model}",
+                                   scoring_mode="generate_until", limit=4, cache=False)
+    assert [r.doc_id for r in served.records] == [r.doc_id for r in local.records]
+    assert all(r.response.strip() for r in served.records)  # the server generated text for every doc
+    assert [r.response for r in served.records] == [r.response for r in local.records]
+    assert served.metrics == local.metrics
+    if not chat:
+        assert served.tokens > 0  # counted with the local tokenizer
 
 
 @pytest.mark.slow
-def test_a_wrong_or_missing_key_and_loglikelihood_in_chat_mode_are_clear_errors(server, registries, monkeypatch):
+def test_loglikelihood_in_chat_mode_is_a_clear_error(transformers_server, registries):
+    from tp_harness.runner import evaluate_prompt
+
+    root, model = transformers_server
+    with pytest.raises(BackendError, match=r"multiple_choice \(loglikelihood\) scoring needs /completions"):
+        evaluate_prompt(task=TASK, registries=registries, model="openai-compatible",
+                        model_args=f"base_url={root},model={model},chat=true", limit=2, cache=False)
+
+
+@pytest.mark.slow
+def test_llama_server_with_an_api_key(llama_server, registries, monkeypatch):
+    """llama.cpp's server (optional extra): real generations with a key from ``api_key_env``; a missing key is a
+    clear error."""
     from tp_harness.runner import build_backend, evaluate_prompt
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(BackendError, match=r"the server at http://127\.0\.0\.1:\d+/v1 refused the API key \(HTTP 401\)"):
-        build_backend("openai-compatible", f"base_url={server},model=smollm2", registries, dtype="float32",
+        build_backend("openai-compatible", f"base_url={llama_server},model=smollm2", registries, dtype="float32",
                       batch_size="16")
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    with pytest.raises(BackendError, match=r"multiple_choice \(loglikelihood\) scoring needs /completions"):
-        evaluate_prompt(task=TASK, registries=registries, model="openai-compatible",
-                        model_args=f"base_url={server},model=smollm2,chat=true", limit=2, cache=False)
-
+    monkeypatch.setenv(KEY_ENV, KEY)
+    _prep, ev = evaluate_prompt(task=TASK, registries=registries, model="openai-compatible",
+                                model_args=f"base_url={llama_server},model=smollm2,chat=true,api_key_env={KEY_ENV}",
+                                scoring_mode="generate_until", limit=3, cache=False)
+    assert ev.n == 3 and ev.metrics["ifr"] is not None and 0.0 <= ev.metrics["ifr"] <= 1.0
+    assert all(r.response.strip() for r in ev.records)

@@ -33,6 +33,20 @@ def smoke_run(tmp_path_factory):
     return results, results / "runs" / "smoke"
 
 
+def test_every_file_of_a_run_follows_the_umask(smoke_run):
+    """results.json, report.md, plots, exports, journal, samples: the umask's mode (0644 under 022), not 0600."""
+    import os
+
+    results, run = smoke_run
+    mask = os.umask(0)
+    os.umask(mask)
+    files = [p for p in results.rglob("*") if p.is_file()]
+    assert {p.suffix for p in files} >= {".json", ".jsonl", ".md", ".png", ".yaml", ".py"}
+    wrong = {str(p.relative_to(results)): oct(p.stat().st_mode & 0o777) for p in files
+             if p.stat().st_mode & 0o777 != 0o666 & ~mask}
+    assert not wrong, wrong
+
+
 def _rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "journal.jsonl").read_text().splitlines() if line.strip()]
 

@@ -229,3 +229,81 @@ def test_stored_best_is_the_newest_run_by_date_for_the_same_model(tmp_path):
                         spec_dirs=[], limit=None, budget="smoke", results_dir=tmp_path, optimize=False)
     best = session._stored_best("tiny_csqa")
     assert best is not None and best.text == "newest prompt" and "aaa-first-by-name" in best.origin
+
+
+# ----------------------------------------------------------------------------------------------
+# outside this repository: pytester's directory has no task_specs/ and no tp_specs ini key
+
+
+def test_without_task_specs_the_shipped_specs_are_collected(pytester):
+    from tp_harness.runner import spec_index
+
+    result = pytester.runpytest_subprocess(*MODEL_ARGS, "--tp-limit", "8", "--co", "-q")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-2000:] + result.stderr.str()[-2000:]
+    ids = [line for line in result.stdout.lines if "::" in line]
+    for name, path in spec_index().items():
+        assert any(i.endswith(f"task_specs/{path.name}::{name}::" + i.split("::")[-1]) for i in ids), name
+    assert len({i.split("::")[0] for i in ids}) == len(spec_index()) == 18
+
+
+def test_a_directory_argument_collects_the_specs_in_it(pytester):
+    _write_tiny(pytester.path)
+    (pytester.path / "task_specs").rename(pytester.path / "gates")
+    result = pytester.runpytest_subprocess("gates", *MODEL_ARGS, "--co", "-q")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-2000:]
+    ids = [line for line in result.stdout.lines if "::" in line]
+    assert len(ids) == 7 and all(i.startswith("gates/tiny_csqa.yaml::tiny_csqa::") for i in ids), ids
+    single = pytester.runpytest_subprocess("gates/tiny_csqa.yaml", *MODEL_ARGS, "--co", "-q")
+    assert "7 tests collected" in single.stdout.str()
+
+
+def test_node_ids_printed_by_verbose_runs_select_their_item(pytester):
+    """``-v`` prints ids with the threshold's dot intact; pasted back, each selects exactly its item. The ``vllm``
+    scorer skips every gate without CUDA, so no model loads."""
+    _write_tiny(pytester.path)
+    result = pytester.runpytest_subprocess("--tp-model=vllm", "-p", "no:cacheprovider", "-v")
+    printed = [line.split(" SKIPPED")[0] for line in result.stdout.lines if " SKIPPED" in line]
+    assert "task_specs/tiny_csqa.yaml::tiny_csqa::acc>=0.2[original]" in printed, result.stdout.lines
+    assert len(printed) == 7
+    for node_id in (printed[0], "task_specs/tiny_csqa.yaml::tiny_csqa::composite>=original-1[best]"):
+        again = pytester.runpytest_subprocess(node_id, "--tp-model=vllm", "-p", "no:cacheprovider", "--co", "-q")
+        assert [line for line in again.stdout.lines if "::" in line] == [node_id], again.stdout.str()
+
+
+def test_shipped_spec_ids_round_trip_from_another_directory(pytester):
+    listed = pytester.runpytest_subprocess("--tp-model=vllm", "--tp-tasks", "pubmedqa", "-p", "no:cacheprovider", "-v")
+    printed = [line.split(" SKIPPED")[0] for line in listed.stdout.lines if " SKIPPED" in line]
+    assert printed and all("task_specs/pubmedqa.yaml::pubmedqa::" in p for p in printed), listed.stdout.str()
+    again = pytester.runpytest_subprocess(printed[0], "--tp-model=vllm", "-p", "no:cacheprovider", "--co", "-q")
+    assert again.ret == pytest.ExitCode.OK and "1 test collected" in again.stdout.str(), again.stdout.str()
+
+
+GC_PARSING_TEST = '''
+import ast
+
+
+class ParsesWhenCollected:
+    def __del__(self):  # as asyncio's failed futures do: their __del__ logs a traceback, which ast.parses
+        ast.parse("x = [1, 2, (3, 4)]\\n")
+
+
+def test_fails_with_finalizers_pending():
+    for _ in range(5000):
+        obj = ParsesWhenCollected()
+        obj.cycle = obj  # garbage the collector reclaims later, perhaps inside pytest's own ast.parse
+    assert 1 == 2
+'''
+
+
+def test_a_failure_renders_even_when_finalizers_parse_python(pytester):
+    """CPython 3.11's AST recursion counter is shared: a finalizer that parses while pytest parses the failing
+    test's source crashed pytest (INTERNALERROR, SystemError). With the plugin the failure is reported."""
+    pytester.makepyfile(test_gc=GC_PARSING_TEST)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stdout.str()[-3000:] + result.stderr.str()[-3000:]
+    result.assert_outcomes(failed=1)
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines([">       assert 1 == 2", "E       assert 1 == 2"])
+    if sys.version_info[:2] == (3, 11):  # the bug the plugin works around is real on this interpreter
+        bare = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:tp_harness")
+        assert "AST constructor recursion depth mismatch" in bare.stdout.str() + bare.stderr.str()

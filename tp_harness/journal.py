@@ -18,13 +18,13 @@ import logging
 import os
 import re
 import socket
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from .errors import RunError, RunLockedError
+from .files import atomic_write_text as _atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +43,14 @@ def _os_problem(path: Path, err: OSError, what: str) -> RunError:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same directory and ``os.replace``."""
+    """Write ``text`` atomically, as :func:`tp_harness.files.atomic_write_text` does.
+
+    :raises RunError: the file cannot be written (names the path and what to do, e.g. free disk space).
+    """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        _atomic_write_text(path, text)
     except OSError as err:
         raise _os_problem(path, err, "write") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise _os_problem(path, err, "write") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

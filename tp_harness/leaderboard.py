@@ -22,7 +22,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from .journal import atomic_write_text
+from .files import atomic_write_text
 from .leaderboard_data import (
     MODES,
     Row,

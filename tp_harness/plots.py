@@ -8,11 +8,11 @@ in, PNG files out (written through a temp file and ``os.replace``); it runs no m
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .files import atomic_path
 
 NUM_BINS = 10
 
@@ -22,15 +22,9 @@ def _is_number(value: Any) -> bool:
 
 
 def _atomic_save_figure(fig: Any, path: Path) -> None:
-    """Save a matplotlib figure as PNG through a temp file and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """Save a matplotlib figure as PNG atomically (:func:`tp_harness.journal.atomic_path`)."""
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def trajectory_series(

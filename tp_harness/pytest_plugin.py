@@ -22,7 +22,9 @@ This module is imported by every pytest run where tp-harness is installed: heavy
 from __future__ import annotations
 
 import fnmatch
+import gc
 import os
+import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,11 +81,30 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["TP_CACHE_DIR"] = str(Path(cache).resolve())
     session = TpSession.from_config(config)
     config.stash[_SESSION] = session
-    if session.active and config.args_source != pytest.Config.ArgsSource.ARGS:
+    if not session.active:
+        return
+    if config.args_source == pytest.Config.ArgsSource.ARGS:
+        # `pytest DIR --tp-model=...` or `pytest DIR/x.yaml::task::gate[kind]`: the named specs are collected
+        session.spec_dirs += [d for d in _spec_dirs_named(config) if d not in session.spec_dirs]
+    else:
         # `pytest --tp-model=...` with no paths: collect the spec directories next to testpaths
         for directory in session.spec_dirs:
             if str(directory) not in config.args:
                 config.args.append(str(directory))
+
+
+def _spec_dirs_named(config: pytest.Config) -> list[Path]:
+    """Directories that the command line names as spec directories: a directory argument that holds YAML files
+    directly, or the directory of a ``.yaml``/``.yml`` file argument (node ids such as ``x.yaml::task`` too)."""
+    found: list[Path] = []
+    for arg in config.args:
+        path = Path(arg.split("::", 1)[0])
+        path = (path if path.is_absolute() else config.invocation_params.dir / path).resolve()
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            found.append(path.parent)
+        elif path.is_dir() and any(p.suffix in (".yaml", ".yml") for p in path.iterdir() if p.is_file()):
+            found.append(path)
+    return found
 
 
 _SESSION = pytest.StashKey["TpSession"]()
@@ -333,7 +354,14 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
         return None
     if file_path.parent.resolve() not in session.spec_dirs:
         return None
-    return SpecFile.from_parent(parent, path=file_path)
+    return SpecFile.from_parent(parent, path=file_path, nodeid=_spec_nodeid(parent.config, file_path))
+
+
+def _spec_nodeid(config: pytest.Config, path: Path) -> str:
+    """The spec file's node id: its path relative to the rootdir, with ``..`` when it lies outside (the shipped
+    specs of an installed tp-harness, run from another project). pytest would make it relative to the argument
+    that found it (``arc_challenge.yaml::...``), an id that selects nothing when pasted back."""
+    return Path(os.path.relpath(path, config.rootpath)).as_posix()
 
 
 class SpecFile(pytest.File):
@@ -457,7 +485,9 @@ class GateItem(pytest.Item):
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, f"{self.task}::{self.name}"
+        # The domain is what failure headers show. It must not be the node id's tail: pytest's `-v` line turns the
+        # dots of such a tail into `::` (`acc>=0::2[original]`), and that id no longer selects the item.
+        return self.path, None, f"{self.task}: {self.gate.text} [{self.prompt_kind}]"
 
 
 def worst_samples(records: Sequence[Any], k: int) -> list[Any]:
@@ -498,6 +528,43 @@ def _cuda_available() -> bool:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("tp_gpu") and not _cuda_available():
         pytest.skip("tp_gpu: CUDA is not available on this machine")
+
+
+_AST_RACE = "AST constructor recursion depth mismatch"
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Render a failure without tripping CPython 3.11's shared AST counter (an INTERNALERROR otherwise).
+
+    pytest reads the failing test's sources with ``ast.parse``. In CPython 3.11 the AST constructor's recursion
+    counter is one per interpreter: when the garbage collector runs during that parse and a finalizer parses too,
+    the outer parse fails with ``SystemError: AST constructor recursion depth mismatch`` and pytest stops with an
+    INTERNALERROR. A failed asyncio future of an HTTP client (lm-eval's API models) is such a finalizer: its
+    ``__del__`` logs the exception, and 3.11's traceback formatting calls ``ast.parse`` for the carets. So pending
+    garbage is collected before a failure is rendered, and should the parse still fail, the report is built once
+    more, then as a plain traceback. Failures render as before; nothing changes for passing tests.
+    """
+    if call.excinfo is not None:
+        gc.collect()
+    try:
+        return (yield)
+    except SystemError as err:
+        if _AST_RACE not in str(err) or call.excinfo is None:
+            raise
+    gc.collect()
+    try:
+        return pytest.TestReport.from_item_and_call(item, call)
+    except SystemError as err:
+        if _AST_RACE not in str(err):
+            raise
+    report = pytest.TestReport.from_item_and_call(item, pytest.CallInfo.from_call(lambda: None, call.when))
+    report.outcome = "failed"
+    try:
+        report.longrepr = "".join(traceback.format_exception(call.excinfo.value))
+    except SystemError:  # the same race in the traceback module's caret anchors
+        report.longrepr = f"{call.excinfo.typename}: {call.excinfo.value}"
+    return report
 
 
 def summary_rows(outcomes: Sequence[GateOutcome]) -> list[list[str]]:

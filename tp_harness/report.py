@@ -18,8 +18,8 @@ from typing import Any
 from tabulate import tabulate
 
 from .errors import RunError
+from .files import atomic_write_text
 from .hookspecs import Registry, ReporterDef, hookimpl
-from .journal import atomic_write_text
 from .leaderboard import build_leaderboard, evaluation_rows, task_tables, write_leaderboard
 from .plots import plot_metric_bars, plot_reliability, plot_trajectory, trajectory_series
 from .stored_runs import StoredRun, load_results, make_run, read_jsonl_rows, read_results_file

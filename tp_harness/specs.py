@@ -56,8 +56,19 @@ __all__ = [
 
 #: Metric names a spec may weight when no metric registry is passed in.
 DEFAULT_METRIC_NAMES: frozenset[str] = frozenset({"acc", "ifr", "ece", "auroc", "pr_p", "pr_n"})
-#: The task specs shipped in the repository (the package is used as an editable install).
-BUILTIN_SPEC_DIR: Path = Path(__file__).resolve().parent.parent / "task_specs"
+
+
+def _builtin_spec_dir() -> Path:
+    """Where the shipped task specs are: ``tp_harness/task_specs`` inside an installed wheel (the build maps the
+    repository's top-level ``task_specs/`` there, see pyproject.toml), else ``task_specs/`` beside the package in
+    a checkout (an editable install)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "task_specs"
+    return installed if installed.is_dir() else package.parent / "task_specs"
+
+
+#: The task specs shipped with tp-harness: package data of a wheel, or the checkout's ``task_specs/``.
+BUILTIN_SPEC_DIR: Path = _builtin_spec_dir()
 #: The scoring modes tp-harness evaluates (lm-eval ``output_type`` values).
 MODES: tuple[str, ...] = ("multiple_choice", "generate_until")
 #: The ``custom_dataset`` that lets stock lm-eval read a spec's data (``tp_harness.lm_eval_dataset``).

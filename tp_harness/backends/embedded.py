@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendError
+from ..files import default_dir_mode, default_file_mode
 from .base import LMBackend
 from .hf import load_hflm
 
@@ -193,6 +194,7 @@ def _cached_gguf(spec: EmbeddedModel) -> Path:
             tmp.close()
             Path(tmp.name).unlink(missing_ok=True)
             raise
+    os.chmod(tmp.name, default_file_mode())
     os.replace(tmp.name, target)
     return target
 
@@ -249,6 +251,7 @@ def ensure_checkpoint(spec: EmbeddedModel) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     model.save_pretrained(str(tmp), safe_serialization=True)
     tok.save_pretrained(str(tmp))
+    os.chmod(tmp, default_dir_mode())  # mkdtemp makes it 0700; a shared cache is read by others
     try:
         os.replace(tmp, target)
     except OSError:  # another process finished first

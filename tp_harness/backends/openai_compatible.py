@@ -160,9 +160,31 @@ class OpenAICompatibleBackend(LMBackend):
             return super().loglikelihood(requests)
 
     def generate_until(self, requests: Sequence[Any], *, rollout_seed: int | None = None) -> list[str]:
-        """Generations from the server, one per request, in order; :raises BackendError: the server fails."""
+        """Generations from the server, one per request, in order, each cut before its first stop sequence.
+
+        The OpenAI API leaves the stop sequence out of the text; some servers (``transformers serve``) keep it,
+        and lm-eval's API models pass the text on as is. Cutting it here makes every server's answer what
+        lm-eval's ``hf`` backend returns for the same generation.
+        :raises BackendError: the server fails.
+        """
         with _wire_errors(self.base_url):
-            return super().generate_until(requests, rollout_seed=rollout_seed)
+            texts = super().generate_until(requests, rollout_seed=rollout_seed)
+        return [cut_at_stop(text, _stop_sequences(req)) for text, req in zip(texts, requests)]
+
+
+def _stop_sequences(request: Any) -> list[str]:
+    """The ``until`` strings of an lm-eval ``generate_until`` request (an ``Instance`` or a ``(context, kwargs)``)."""
+    args = getattr(request, "args", request)
+    kwargs = args[1] if isinstance(args, (tuple, list)) and len(args) > 1 and isinstance(args[1], dict) else {}
+    until = kwargs.get("until") or []
+    return [until] if isinstance(until, str) else [u for u in until if isinstance(u, str) and u]
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """``text`` up to the earliest occurrence of any of ``stops`` (as lm-eval's ``hf`` backend cuts); unchanged
+    when none occurs."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=len(text))
+    return text[:cut]
 
 
 @contextlib.contextmanager
