@@ -156,7 +156,7 @@ class RunDir:
             return
         path = self.path / LOCK
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies, as for every run file
         except OSError as err:
             raise _os_problem(path, err, "create the run lock") from None
         try:
