@@ -931,3 +931,23 @@ def test_clear_instruction_longer_than_the_model_window(tmp_path, capsys):
     code, err = evaluate(capsys, make_task(tmp_path / "s"), "--prompt-file", str(prompt), "--no-cache")
     assert_clear(code, err, "tokens", "context window is 8192 tokens", "it would be cut silently")
     assert len(err) < 1000
+
+
+def test_clear_pytest_plugin_refuses_model_args_the_backend_does_not_read(pytester):
+    make_task(pytester.path / "specs", spec=_spec(**{"tp.gates": ["acc >= 0.1"]}))
+    pytester.makeini("[pytest]\ntp_specs = specs\n")
+    result = pytester.runpytest_subprocess("--tp-model=embedded:smollm2-135m", "--tp-model-args=dtyp=bfloat16",
+                                           "-p", "no:cacheprovider", "-m", "tp")
+    out = result.stdout.str()
+    assert result.ret == 1
+    assert "backend 'embedded' does not accept 'dtyp' (did you mean dtype?)" in out
+    assert "Traceback" not in out
+
+
+def test_clear_pytest_plugin_refuses_a_limit_below_one(pytester):
+    make_task(pytester.path / "specs", spec=_spec(**{"tp.gates": ["acc >= 0.1"]}))
+    pytester.makeini("[pytest]\ntp_specs = specs\n")
+    result = pytester.runpytest_subprocess("--tp-model=embedded:smollm2-135m", "--tp-limit=0", "-p",
+                                           "no:cacheprovider")
+    assert result.ret == 4  # pytest's usage error
+    assert "--tp-limit: expected at least 1 doc, got 0" in result.stderr.str()
