@@ -74,10 +74,10 @@ def _make_run_a(root: Path) -> Path:
     run_dir = root / "runs" / "run-a"
     task = "financial_phrasebank"
     evaluations = [  # deliberately out of order; a validation row that the tables must leave out
-        _evaluation(task, "best_target", _metrics(0.45, ifr=None, auroc=None)),
-        _evaluation(task, "original", _metrics(0.3, ifr=None)),
+        _evaluation(task, "best_target", _metrics(0.45, ifr=None, auroc=None), n=41),  # n = rows of _samples()
+        _evaluation(task, "original", _metrics(0.3, ifr=None), n=41),
         _evaluation(task, "best_target", _metrics(0.999, ifr=None), split="validation"),
-        _evaluation(task, "best_source", _metrics(0.35, ifr=None)),
+        _evaluation(task, "best_source", _metrics(0.35, ifr=None), n=41),
     ]
     evaluations[0]["prompt"] = BEST_TARGET_PROMPT
     tp = {
