@@ -171,7 +171,8 @@ class RunDir:
                 "run: wait for it to finish (or stop it), then --resume again") from None
         previous = _read_holder(path)
         if previous.get("pid") and previous.get("pid") != os.getpid():
-            log.warning("taking over the lock of %s: that process has ended", _describe_holder(previous))
+            log.warning("taking over the lock of %s: that process ended without releasing it (killed or crashed); "
+                        "its finished rows are kept", _describe_holder(previous))
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
               "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         os.ftruncate(fd, 0)
@@ -180,9 +181,14 @@ class RunDir:
         self._lock_fd = fd
 
     def unlock(self) -> None:
-        """Release the run's lock (the record stays, marked by no live holder). Safe to call when not locked."""
+        """Release the run's lock and clear its record (a record left behind means a writer died holding it).
+        Safe to call when not locked."""
         if self._lock_fd is not None:
             fd, self._lock_fd = self._lock_fd, None
+            try:
+                os.ftruncate(fd, 0)
+            except OSError:  # a full disk cannot stop the release
+                pass
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
