@@ -3,7 +3,9 @@
 Subcommands: optimize, evaluate, sweep, leaderboard, tasks, models, plugins, cache. This is a wiring point: it
 parses flags, builds the plugin registries, shows progress bars and prints results. A deliberate
 error (``TpHarnessError``) is printed as one message without a traceback, with its exit code
-(2 for bad specs, data and usage).
+(2 for bad specs, data and usage). So is an ``OSError`` on a file the user controls (a full disk, a path that is
+a file): one ``tp-harness: error:`` line with the path and what to do, exit 2. Bad flag values get the same one
+line from argparse (``_Parser``), without the usage dump.
 """
 
 from __future__ import annotations
