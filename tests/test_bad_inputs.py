@@ -930,14 +930,20 @@ def test_refused_resume_with_another_scorer_shows_the_difference(tiny_reference,
     assert (run / "journal.jsonl").read_bytes() == before
 
 
-@pytest.mark.slow
-def test_clear_instruction_longer_than_the_model_window(tmp_path, capsys):
-    """A 200 KB instruction (about 40k tokens, the window is 8,192) is refused in tokens, and not echoed."""
+def test_clear_instruction_longer_than_the_model_window_before_the_model_loads(tmp_path, capsys):
+    """A 200 KB instruction (about 40k tokens, the window is 8,192) is refused in tokens from the checkpoint's
+    tokenizer, before the weights load, and is not echoed."""
+    from tp_harness.backends import hf
+    from tp_harness.backends.embedded import ZOO, ensure_checkpoint
+
+    ensure_checkpoint(ZOO["smollm2-135m"])  # converted once per machine (the session's model fixture does it too)
     prompt = tmp_path / "long.txt"
     prompt.write_text("Consider every word of this question with great care before answering. " * 2800)
+    loads = hf.LOAD_COUNT["hflm"]
     code, err = evaluate(capsys, make_task(tmp_path / "s"), "--prompt-file", str(prompt), "--no-cache")
     assert_clear(code, err, "tokens", "context window is 8192 tokens", "it would be cut silently")
     assert len(err) < 1000
+    assert hf.LOAD_COUNT["hflm"] == loads  # no model was loaded
 
 
 def test_clear_pytest_plugin_refuses_model_args_the_backend_does_not_read(pytester):

@@ -184,6 +184,9 @@ class BackendDef:
     needs_gpu: bool = False
     #: the ``--model-args`` keys the factory reads; others are refused before anything loads (None: any key)
     model_args: tuple[str, ...] | None = None
+    #: ``checkpoint(model_args) -> Path | None``: the local checkpoint the factory would load, found without loading
+    #: it (lets an over-long instruction be refused before the model loads); None: the backend cannot tell
+    checkpoint: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

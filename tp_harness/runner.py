@@ -170,18 +170,34 @@ def check_resume_scorer(run: RunDir, stamp: dict[str, Any]) -> None:
 
 
 def check_instruction_fits(backend: LMBackend, instruction: str, *, what: str) -> None:
-    """Refuse an instruction that fills the model's context window, before anything is scored.
+    """Refuse an instruction that fills the loaded model's context window, before anything is scored (the check
+    for backends that cannot count tokens before they load; see :func:`check_instruction_before_load`).
 
     :raises UsageError: the instruction is at least as many tokens as the model's window (says both).
     """
     window = backend.context_window
-    if not window or not instruction:
+    if not window or not instruction or len(instruction) < window:  # a token is at least one character: it fits
         return
-    if len(instruction) < window:  # a token is at least one character: it fits
-        return
-    tokens = backend.count_tokens([instruction])
+    _refuse_long_instruction(backend.count_tokens([instruction]), window, backend.name, instruction, what)
+
+
+def check_instruction_before_load(model: str, model_args: str, registries: Registries, instruction: str, *,
+                                  what: str) -> None:
+    """Refuse an over-long instruction before the model loads, from the tokenizer of its local checkpoint
+    (``embedded`` and ``hf``; other backends are checked once loaded, by :func:`check_instruction_fits`).
+
+    :raises UsageError: the instruction is at least as many tokens as the model's window (says both).
+    """
+    from .backends import instruction_tokens_before_load
+
+    found = instruction_tokens_before_load(model, parse_model_args(model_args), registries.backends, instruction)
+    if found is not None:
+        _refuse_long_instruction(found[0], found[1], model, instruction, what)
+
+
+def _refuse_long_instruction(tokens: int, window: int, model: str, instruction: str, what: str) -> None:
     if tokens >= window:
-        raise UsageError(f"{what} is {tokens} tokens ({len(instruction)} characters) but {backend.name}'s context "
+        raise UsageError(f"{what} is {tokens} tokens ({len(instruction)} characters) but {model}'s context "
                          f"window is {window} tokens: it would be cut silently; shorten it well below the window "
                          "(the question and answer need room too)")
 
@@ -323,6 +339,9 @@ def _prepare(settings: OptimizeSettings, registries: Registries, *, run: RunDir 
     sources = [prepare_task(s, sources=registries.tasks, mode=settings.scoring_mode, caps=caps) for s in source_specs]
     targets = [prepare_task(s, sources=registries.tasks, mode=settings.scoring_mode, caps=caps) for s in target_specs]
     check_cache_dir(settings.cache)
+    for task in [*sources, *targets]:
+        check_instruction_before_load(settings.model, settings.model_args, registries, task.spec.tp.instruction,
+                                      what=f"the instruction of task {task.name!r}")
     scorer = build_backend(settings.model, settings.model_args, registries, dtype=settings.dtype,
                            batch_size=settings.batch_size, cache=settings.cache)
     _check_scoring_modes(scorer, [*sources, *targets])
@@ -531,8 +550,9 @@ def evaluate_prompt(
         caps[split] = limit
     prep = prepare_task(spec, sources=registries.tasks, mode=scoring_mode, caps=caps)
     check_cache_dir(cache)
-    backend = build_backend(model, args, registries, dtype=dtype, batch_size=batch_size, cache=cache)
     instruction = spec.tp.instruction if prompt is None else prompt
+    check_instruction_before_load(model, model_args, registries, instruction, what="the instruction")
+    backend = build_backend(model, args, registries, dtype=dtype, batch_size=batch_size, cache=cache)
     check_instruction_fits(backend, instruction, what="the instruction")
     (ev,) = evaluate_jobs(backend, [EvalJob(prep, split, instruction)], metrics=registries.metrics)
     return prep, ev

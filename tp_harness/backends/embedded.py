@@ -259,6 +259,15 @@ def ensure_checkpoint(spec: EmbeddedModel) -> Path:
     return target
 
 
+def converted_checkpoint(model_args: dict[str, str]) -> Path | None:
+    """The converted checkpoint of ``embedded:<name>`` if it is in the cache already (nothing is converted)."""
+    spec = ZOO.get(model_args.get("name") or "smollm2-135m")
+    if spec is None or not spec.sha256:
+        return None
+    target = cache_dir() / "models" / f"{spec.name}-{spec.sha256[:16]}"
+    return target if (target / "config.json").is_file() and (target / "model.safetensors").is_file() else None
+
+
 def make_embedded_backend(model_args: dict[str, str], *, dtype: str = "float32", batch_size: int | str = 16,
                           device: str = "cpu") -> LMBackend:
     """Factory of ``embedded:<name>``: ``model_args['name']`` picks the zoo model (default smollm2-135m).

@@ -99,6 +99,41 @@ def load_hflm(
     return backend
 
 
+def checkpoint_window(path: str | Path) -> int | None:
+    """The context window of a local checkpoint read from its ``config.json`` alone (no weights, no tokenizer).
+
+    The attributes lm-eval's ``resolve_max_length`` checks first (``text_config``, then the top level:
+    ``n_positions``, ``max_position_embeddings``, ``n_ctx``); None when the file names none or cannot be read.
+    """
+    import json
+
+    try:
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for scope in (config.get("text_config") or {}, config):
+        if isinstance(scope, dict):
+            for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+                if isinstance(scope.get(key), int) and scope[key] > 0:
+                    return int(scope[key])
+    return None
+
+
+def count_checkpoint_tokens(path: str | Path, text: str) -> int:
+    """Tokens of ``text`` under a local checkpoint's tokenizer, loaded alone (no weights)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def hf_checkpoint(model_args: dict[str, str]) -> Path | None:
+    """The local checkpoint ``make_hf_backend`` would load (``pretrained``), if it is one."""
+    path = Path(model_args.get("pretrained") or "").expanduser()
+    return path if model_args.get("pretrained") and (path / "config.json").is_file() else None
+
+
 def make_hf_backend(model_args: dict[str, str], *, dtype: str = "float32", batch_size: int | str = 16,
                     device: str = "cpu") -> LMBackend:
     """Factory of the ``hf`` backend: ``model_args['pretrained']`` is a local checkpoint directory.
