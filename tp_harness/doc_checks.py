@@ -150,7 +150,7 @@ def check_docs(spec: TaskSpec, task: Any, *, mode: str, answer_format: AnswerFor
     for split, indices in splits.items():
         for i in indices:
             doc, origin = docs[i], origins[i]
-            _render(spec, mode, "doc_to_text", origin, task.doc_to_text, doc, split=split)
+            text = _render(spec, mode, "doc_to_text", origin, task.doc_to_text, doc, split=split)
             choices = None
             if needs_choices:
                 raw = _render(spec, mode, "doc_to_choice", origin, task.doc_to_choice, doc, split=split)
@@ -159,7 +159,10 @@ def check_docs(spec: TaskSpec, task: Any, *, mode: str, answer_format: AnswerFor
                                     "list of choices", line=origin[1])
                 choices = [str(c) for c in raw]
             target = _render(spec, mode, "doc_to_target", origin, task.doc_to_target, doc, split=split)
-            problem = _gold_problem(target, choices, answer_format, mode)
+            # lm-eval's multiple-input tasks (doc_to_text gives an index into the choices, which are contexts,
+            # and the target is the shared continuation) have no gold among the choices to check
+            multiple_input = isinstance(text, int) and not isinstance(text, bool)
+            problem = None if multiple_input else _gold_problem(target, choices, answer_format, mode)
             if problem:
                 where = _field_where(spec, mode, "doc_to_target")
                 raise DataError(origin[0], f"{problem} ({split} split, {where} in {spec.path.name}:"
