@@ -131,7 +131,7 @@ def run_settings(settings: SweepSettings, item: SweepItem) -> OptimizeSettings:
         budget=settings.budget, seed=settings.seed, mode=item.mode, scoring_mode=settings.scoring_mode,
         results_dir=settings.results_dir, spec_dirs=list(settings.spec_dirs), dtype=settings.dtype,
         batch_size=settings.batch_size, run_id=item.run_id, reference_share=settings.reference_share,
-        cache=settings.cache,
+        cache=settings.cache, leaderboard=False,  # built once, at the end of the sweep
     )
 
 
