@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,26 @@ def test_cache_cli_stats_and_clear(tmp_path, capsys):
     assert "deleted 1 cached responses of model m1" in capsys.readouterr().out
     assert main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 0
     assert cache.summary()["entries"] == 0
+
+
+def test_a_shard_merges_once_and_merging_it_again_changes_nothing(tmp_path):
+    """Worker caches ship new entries as JSONL shards; the central cache takes them with INSERT OR IGNORE."""
+    from tp_harness.backends.cache import ResponseCache
+
+    worker = ResponseCache(tmp_path / "node" / "responses.sqlite")
+    central = ResponseCache(tmp_path / "central" / "responses.sqlite")
+    central.put_many([("k0", "m", "loglikelihood", [-1.0, True])])
+    worker.put_many([("k0", "m", "loglikelihood", [-1.0, True]), ("k1", "m", "generate_until", "Answer: B"),
+                     ("k2", "m", "loglikelihood", [-2.5, False])])
+    shard = tmp_path / "shards" / "a.jsonl"
+    assert worker.export_shard(shard) == 3
+    assert central.merge_shard(shard) == 2  # k0 was there already
+    before = central.summary()
+    assert central.merge_shard(shard) == 0
+    assert central.summary() == before and before["entries"] == 3
+    assert central.get_many(["k1", "k2"]) == {"k1": "Answer: B", "k2": [-2.5, False]}
+    assert worker.export_shard(tmp_path / "none.jsonl", since=time.time() + 60) == 0
+    assert not (tmp_path / "none.jsonl").exists()
+    shard.write_text('{"key": "k9"}\n')
+    with pytest.raises(ValueError, match=r"a\.jsonl:1: not a cache entry"):
+        central.merge_shard(shard)

@@ -107,7 +107,8 @@ def test_gemma_cannot_be_the_reference_llm_and_defaults_to_smollm2(gemma, regist
 
 
 @pytest.mark.slow
-def test_prefix_sharing_scorer_agrees_with_lm_eval_on_gemma_incl_the_sliding_window(gemma, registries) -> None:
+def test_prefix_sharing_scorer_agrees_with_lm_eval_on_gemma_incl_the_sliding_window(gemma, registries,
+                                                                                    monkeypatch) -> None:
     """Gemma 3 gets the prefix-sharing scorer; it matches lm-eval's HFLM to 1e-4 on real requests and on a
     group whose packed length exceeds the 512-token sliding window (which lm-eval scores unpacked)."""
     from tp_harness.backends.prefix_scorer import SCORER_ID, PrefixSharingScorer
@@ -136,6 +137,9 @@ def test_prefix_sharing_scorer_agrees_with_lm_eval_on_gemma_incl_the_sliding_win
     packed = len(gemma.lm.tok_encode(long_context)) + sum(len(gemma.lm.tok_encode(o)) for o in options)
     assert packed > 512 and all(len(gemma.lm.tok_encode(long_context + o)) < 512 for o in options)
 
+    # lm-eval projects every position onto Gemma's 262k-token vocabulary: 16 rows of ~500 tokens would need ~8 GB
+    # of logits at once, so the reference runs 2 rows per batch (batching does not change loglikelihoods)
+    monkeypatch.setattr(gemma.lm, "batch_size_per_gpu", 2)
     reference = gemma.lm.loglikelihood(reqs, disable_tqdm=True)
     got = scorer.loglikelihood(reqs)
     for (ll, greedy), (ref_ll, ref_greedy) in zip(got, reference, strict=True):

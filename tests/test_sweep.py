@@ -63,15 +63,28 @@ def test_run_state_of_new_partial_finished_and_foreign_directories(tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_sweep_skips_finished_redoes_deleted_and_resumes_interrupted_runs(tmp_path, registries, caplog):
+def test_sweep_skips_finished_redoes_deleted_and_resumes_interrupted_runs(tmp_path, registries, caplog, monkeypatch):
     import shutil
 
     results = tmp_path / "results"
     settings = SweepSettings(models=["embedded:smollm2-135m"], targets=["financial_phrasebank", "legalbench_hearsay"],
                              modes=["no_transfer"], budget="smoke", seed=5, results_dir=str(results))
     ids = [f"sweep-embedded-smollm2-135m-{t}-no_transfer-smoke-s5" for t in settings.targets]
+    from tp_harness import leaderboard, report, sweep
+
+    builds = []
+    original = leaderboard.write_leaderboard
+
+    def counting(root, *args, **kwargs):
+        builds.append(root)
+        return original(root, *args, **kwargs)
+
+    # every writer of LEADERBOARD.md calls write_leaderboard: the sweep, and the per-run reporter
+    for module in (sweep, report):
+        monkeypatch.setattr(module, "write_leaderboard", counting)
     first = run_sweep(settings, registries)
     assert first.executed == ids and not (first.skipped or first.resumed or first.failed)
+    assert builds == [results], "a sweep builds the leaderboard once, at its end, not after every run"
     board = (results / "LEADERBOARD.md").read_text(encoding="utf-8")
     assert "## financial_phrasebank" in board and "## legalbench_hearsay" in board
 

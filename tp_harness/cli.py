@@ -118,6 +118,30 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def _resources(text: str) -> dict[str, float]:
+    """``slot=1,accel=0.5`` -> ``{"slot": 1.0, "accel": 0.5}`` (Ray custom resources)."""
+    out: dict[str, float] = {}
+    for part in _csv(text):
+        name, sep, amount = part.partition("=")
+        try:
+            out[name.strip()] = float(amount)
+        except ValueError:
+            out[name.strip()] = -1.0
+        if not sep or not name.strip() or out[name.strip()] <= 0:
+            raise argparse.ArgumentTypeError(f"expected NAME=N with N > 0, got {part!r}")
+    return out
+
+
 def _studies_help() -> str:
     from .studies import STUDIES
 
@@ -211,6 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     sw.add_argument("--batch-size", default="16", type=_batch_size)
     sw.add_argument("--no-cache", dest="cache", action="store_false", help="do not use the response cache")
+    sw.add_argument("--executor", choices=["sequential", "ray"], default="sequential",
+                    help="sequential (default: one run after another in this process) or ray (one Ray task per "
+                         "model, on a Ray cluster; pip install 'tp-harness[ray]'; docs/scaling.md)")
+    sw.add_argument("--ray-address", default=None,
+                    help="the Ray cluster to join (auto, ray://HOST:10001); default: start a local one")
+    sw.add_argument("--ray-max-retries", type=_nonnegative_int, default=3,
+                    help="re-runs of a model group whose worker or node died; each resumes from the journals")
+    sw.add_argument("--ray-num-cpus", type=float, default=1.0,
+                    help="CPUs per model group of a non-vLLM model (default 1; vllm asks for tensor_parallel_size GPUs)")
+    sw.add_argument("--ray-resources", type=_resources, default={}, metavar="NAME=N,...",
+                    help="custom Ray resources each model group asks for, e.g. slot=1")
 
     lb = sub.add_parser("leaderboard", help="rebuild the leaderboard from stored results.json files",
                         description="Markdown (overview, per-dataset tables with bootstrap CIs, ablations, runs "
@@ -382,6 +417,8 @@ def _cmd_sweep(args) -> int:
         dtype=args.dtype, batch_size=args.batch_size, cache=args.cache,
     )
     plan = plan_sweep(settings)
+    if args.executor == "ray":
+        return _sweep_on_ray(settings, args, len(plan))
     print(f"sweep: {len(plan)} runs ({len(args.models)} models x {len(args.targets)} targets x "
           f"{len(args.modes)} modes), budget {args.budget}, seed {args.seed}, results in {args.results_dir}",
           file=sys.stderr)
@@ -402,6 +439,33 @@ def _cmd_sweep(args) -> int:
         outcome = run_sweep(settings, _registries(), on_item=on_item, run_progress=inner)
     finally:
         outer.close()
+    print(f"sweep done: {len(outcome.executed)} run, {len(outcome.resumed)} resumed, "
+          f"{len(outcome.skipped)} already finished, {len(outcome.failed)} failed")
+    for run_id, message in outcome.failed:
+        print(f"tp-harness: error: run {run_id}: {message}", file=sys.stderr)
+    print(f"leaderboard: {outcome.leaderboard}")
+    return 1 if outcome.failed else 0
+
+
+def _sweep_on_ray(settings, args, total: int) -> int:
+    from tqdm.auto import tqdm
+
+    from .sweep_ray import RayOptions, run_sweep_on_ray
+
+    options = RayOptions(address=args.ray_address, max_retries=args.ray_max_retries, num_cpus=args.ray_num_cpus,
+                         resources=args.ray_resources)
+    print(f"sweep: {total} runs on Ray ({args.ray_address or 'a local Ray instance'}), one task per model, budget "
+          f"{args.budget}, seed {args.seed}, results in {args.results_dir}", file=sys.stderr)
+    bar = tqdm(total=total, desc="sweep (ray)", unit="run", dynamic_ncols=True, file=sys.stderr)
+
+    def on_item(item, event: str) -> None:
+        if event in ("skip", "done", "failed"):
+            bar.update(1)
+
+    try:
+        outcome = run_sweep_on_ray(settings, options, on_item=on_item)
+    finally:
+        bar.close()
     print(f"sweep done: {len(outcome.executed)} run, {len(outcome.resumed)} resumed, "
           f"{len(outcome.skipped)} already finished, {len(outcome.failed)} failed")
     for run_id, message in outcome.failed:

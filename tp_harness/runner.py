@@ -60,6 +60,8 @@ class OptimizeSettings:
     reference_share: float = 0.5
     cache: bool = True
     allow_data_outside_spec_dir: bool = False
+    #: rebuild ``<results>/LEADERBOARD.md`` when the run ends; a sweep turns it off and builds it once at its end
+    leaderboard: bool = True
 
 
 def spec_index(spec_dirs: Sequence[str | Path] = ()) -> dict[str, Path]:
@@ -384,7 +386,7 @@ def _prepare(settings: OptimizeSettings, registries: Registries, *, run: RunDir 
 
 
 def finish_run(ctx: RunContext, outcome: RunOutcome, *, results_root: Path,
-               calls: dict[str, int] | None = None) -> dict[str, Any]:
+               calls: dict[str, int] | None = None, skip_reporters: Sequence[str] = ()) -> dict[str, Any]:
     """Write ``best_prompts.json`` and ``lm_eval_tasks/``, build the results document and run every reporter.
 
     Reporters run in registry order: the built-ins first (``results-json`` writes ``results.json``, then
@@ -392,6 +394,7 @@ def finish_run(ctx: RunContext, outcome: RunOutcome, *, results_root: Path,
     that raises is logged and skipped; the run's journal and best prompts stay.
 
     :param calls: scorer request counts of this process's part of the run (``tp.calls`` in results.json).
+    :param skip_reporters: reporter names not to run (a sweep skips ``leaderboard`` per run and builds it once).
 
     :return: the results document written to ``results.json``.
     """
@@ -428,6 +431,8 @@ def finish_run(ctx: RunContext, outcome: RunOutcome, *, results_root: Path,
     results = lm_eval_results(evaluations=evaluations, model=config["model"], model_args=config["model_args"], tp=tp,
                               higher_is_better=hib)
     for entry in ctx.registries.reporters.entries():
+        if entry.name in skip_reporters:
+            continue
         try:
             entry.item.write(run.path, results, results_root=results_root)
         except Exception:  # a reporter plugin must not lose the finished run
@@ -501,7 +506,8 @@ def run_optimize(
         calls = {k: v - before[k] for k, v in _call_counts(ctx).items()}
         calls["projected_scorer_requests"] = projection.scorer_requests
         results_root = ctx.run.path.parent.parent  # <results>/runs/<run_id>: valid from any working directory
-        results = finish_run(ctx, outcome, results_root=results_root, calls=calls)
+        results = finish_run(ctx, outcome, results_root=results_root, calls=calls,
+                             skip_reporters=() if settings.leaderboard else ("leaderboard",))
     finally:
         ctx.run.unlock()  # the run's lock is held from prepare_run to here
     return ctx.run, results

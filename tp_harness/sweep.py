@@ -131,7 +131,7 @@ def run_settings(settings: SweepSettings, item: SweepItem) -> OptimizeSettings:
         budget=settings.budget, seed=settings.seed, mode=item.mode, scoring_mode=settings.scoring_mode,
         results_dir=settings.results_dir, spec_dirs=list(settings.spec_dirs), dtype=settings.dtype,
         batch_size=settings.batch_size, run_id=item.run_id, reference_share=settings.reference_share,
-        cache=settings.cache,
+        cache=settings.cache, leaderboard=False,  # built once, at the end of the sweep
     )
 
 
@@ -174,6 +174,48 @@ def _check_same_settings(run_dir: Path, planned: OptimizeSettings) -> None:
                              "this sweep's settings, or use another --results-dir")
 
 
+def run_item(
+    settings: SweepSettings,
+    item: SweepItem,
+    registries: Registries,
+    outcome: SweepOutcome,
+    *,
+    label: str = "",
+    on_item: Callable[[SweepItem, str], None] | None = None,
+    run_progress: Callable[[str, int], Progress] | None = None,
+) -> None:
+    """Bring one planned run to finished: skip it, resume it from its journal, or run it; record it in ``outcome``.
+
+    A run's deliberate error (``TpHarnessError``) is recorded in ``outcome.failed``; other exceptions propagate.
+    :param label: ``"3/12"``-style position for log lines.
+    """
+    run_dir = Path(settings.results_dir) / "runs" / item.run_id
+    planned = run_settings(settings, item)
+    try:
+        state = run_state(run_dir, item)
+        if state != "new":
+            _check_same_settings(run_dir, planned)
+        if state == "finished":
+            log.info("sweep %s: %s is finished; skipped", label, item.run_id)
+            outcome.skipped.append(item.run_id)
+            if on_item:
+                on_item(item, "skip")
+            return
+        action = "resume" if state == "interrupted" else "run"
+        log.info("sweep %s: %s %s", label, "resuming" if action == "resume" else "running", item.run_id)
+        if on_item:
+            on_item(item, action)
+        run_optimize(planned, registries, resume=run_dir if action == "resume" else None, progress=run_progress)
+        (outcome.resumed if action == "resume" else outcome.executed).append(item.run_id)
+        if on_item:
+            on_item(item, "done")
+    except TpHarnessError as err:
+        log.error("sweep %s: %s failed: %s", label, item.run_id, err)
+        outcome.failed.append((item.run_id, str(err)))
+        if on_item:
+            on_item(item, "failed")
+
+
 def run_sweep(
     settings: SweepSettings,
     registries: Registries,
@@ -181,7 +223,8 @@ def run_sweep(
     on_item: Callable[[SweepItem, str], None] | None = None,
     run_progress: Callable[[str, int], Progress] | None = None,
 ) -> SweepOutcome:
-    """Run every planned run that is not finished, then rebuild ``<results_dir>/LEADERBOARD.md``.
+    """Run every planned run that is not finished, one after another in this process, then rebuild
+    ``<results_dir>/LEADERBOARD.md`` once. (``tp_harness.sweep_ray`` runs the same plan on a Ray cluster.)
 
     :param on_item: called with ``(item, "skip" | "run" | "resume")`` before a run and with
         ``(item, "done" | "failed")`` after it (progress bars, messages).
@@ -191,34 +234,9 @@ def run_sweep(
         (``TpHarnessError``) is recorded in ``failed`` and the sweep continues; other exceptions propagate.
     """
     plan = plan_sweep(settings)
-    runs_root = Path(settings.results_dir) / "runs"
     outcome = SweepOutcome()
     for index, item in enumerate(plan, start=1):
-        run_dir = runs_root / item.run_id
-        planned = run_settings(settings, item)
-        try:
-            state = run_state(run_dir, item)
-            if state != "new":
-                _check_same_settings(run_dir, planned)
-            if state == "finished":
-                log.info("sweep %d/%d: %s is finished; skipped", index, len(plan), item.run_id)
-                outcome.skipped.append(item.run_id)
-                if on_item:
-                    on_item(item, "skip")
-                continue
-            action = "resume" if state == "interrupted" else "run"
-            log.info("sweep %d/%d: %s %s", index, len(plan), "resuming" if action == "resume" else "running",
-                     item.run_id)
-            if on_item:
-                on_item(item, action)
-            run_optimize(planned, registries, resume=run_dir if action == "resume" else None, progress=run_progress)
-            (outcome.resumed if action == "resume" else outcome.executed).append(item.run_id)
-            if on_item:
-                on_item(item, "done")
-        except TpHarnessError as err:
-            log.error("sweep %d/%d: %s failed: %s", index, len(plan), item.run_id, err)
-            outcome.failed.append((item.run_id, str(err)))
-            if on_item:
-                on_item(item, "failed")
+        run_item(settings, item, registries, outcome, label=f"{index}/{len(plan)}", on_item=on_item,
+                 run_progress=run_progress)
     outcome.leaderboard = write_leaderboard(Path(settings.results_dir))
     return outcome

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonlines
+
 from ..errors import CacheError
 
 SCHEMA_VERSION = 1
@@ -161,6 +163,53 @@ class ResponseCache:
                 con.execute("ROLLBACK")
                 raise
         return len(data)
+
+    def export_shard(self, path: str | Path, *, since: float = 0.0) -> int:
+        """Write the entries stored at or after ``since`` (a ``time.time()``) to ``path`` as JSON lines.
+
+        A shard carries a worker's new responses from its node-local cache to the central one (SQLite's WAL
+        needs every process of a database on one host, so a cluster never shares one database over a network
+        filesystem). Written atomically; :return: the number of entries written (0: no file is written).
+        """
+        rows = self._connect().execute(
+            "SELECT key, model, request_type, value, created FROM responses WHERE created >= ? ORDER BY key",
+            (since,)).fetchall()
+        if not rows:
+            return 0
+        from ..files import atomic_path
+
+        with atomic_path(Path(path)) as tmp, jsonlines.open(tmp, mode="w") as writer:
+            writer.write_all({"key": k, "model": m, "request_type": t, "value": v, "created": c}
+                             for k, m, t, v, c in rows)
+        return len(rows)
+
+    def merge_shard(self, path: str | Path) -> int:
+        """Add a shard's entries (:meth:`export_shard`) with ``INSERT OR IGNORE``: keys are content hashes, so an
+        entry already present is the same response and is kept; merging a shard twice changes nothing.
+
+        :return: the number of entries added.
+        :raises ValueError: a line of the shard is not a cache entry (names the file and line).
+        """
+        data = []
+        with jsonlines.open(path) as reader:
+            for line, row in enumerate(reader, 1):
+                try:
+                    data.append((str(row["key"]), str(row["model"]), str(row["request_type"]), str(row["value"]),
+                                 float(row["created"])))
+                except (KeyError, TypeError, ValueError) as err:
+                    raise ValueError(f"{path}:{line}: not a cache entry ({err})") from err
+        con = self._connect()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            before = con.total_changes
+            con.executemany("INSERT OR IGNORE INTO responses (key, model, request_type, value, created) "
+                            "VALUES (?, ?, ?, ?, ?)", data)
+            added = con.total_changes - before
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return added
 
     def summary(self) -> dict[str, Any]:
         """What is stored: the file, its size in bytes, the entry count and counts per (model, request type)."""

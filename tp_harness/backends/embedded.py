@@ -237,10 +237,27 @@ def ensure_checkpoint(spec: EmbeddedModel) -> Path:
     if done(target):
         return target
     log.info("converting %s to a safetensors checkpoint in %s (once)", gguf.name, target)
+    # In a child process: dequantizing a GGUF peaks at several GB (about 10 GB for Gemma 3 270M), which a
+    # long-lived process (a test session, a sweep) would otherwise keep from the allocator for the rest of its life.
+    code = "import sys; from tp_harness.backends.embedded import convert_gguf; convert_gguf(*sys.argv[1:])"
+    proc = subprocess.run([sys.executable, "-c", code, spec.name, str(gguf), str(target)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0 or not done(target):
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+        raise BackendError(f"embedded:{spec.name}", f"converting {gguf} failed (exit {proc.returncode}): {tail}",
+                           f"check free memory and disk space under {target.parent}, then retry")
+    return target
+
+
+def convert_gguf(name: str, gguf: str | Path, target: str | Path) -> Path:
+    """Convert zoo model ``name``'s GGUF into a safetensors checkpoint at ``target`` (what :func:`ensure_checkpoint`
+    runs in a child process). Written under a temporary name and renamed; a concurrent conversion that finished
+    first wins.
+    """
+    spec, gguf, target = ZOO[name], Path(gguf), Path(target)
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-
     tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     if getattr(model, "hf_quantizer", None) is not None:
