@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 #: Metric names a spec may weight when no metric registry is passed in.
-DEFAULT_METRIC_NAMES: frozenset[str] = frozenset({"acc", "ifr", "ece", "auroc", "pr_p", "pr_n"})
+DEFAULT_METRIC_NAMES: frozenset[str] = frozenset({"acc", "acc_norm", "ifr", "ece", "auroc", "pr_p", "pr_n"})
 #: The task specs shipped in the repository (the package is used as an editable install).
 BUILTIN_SPEC_DIR: Path = Path(__file__).resolve().parent.parent / "task_specs"
 #: The scoring modes tp-harness evaluates (lm-eval ``output_type`` values).
@@ -218,6 +218,11 @@ class TpBlock(_Strict):
         description="split sizes, e.g. {seed: 1234, optimize: 64, validation: 64, test: 128}"
     )
     modes: dict[OutputType, ModeOverride] = Field(default_factory=dict)
+    apply_chat_template: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="render with the scorer's chat template (lm-eval's --apply_chat_template): auto (off for "
+        "multiple_choice, on for generate_until with a chat model), on or off; the CLI flag overrides it",
+    )
     metric_weights: dict[str, float] = Field(default_factory=dict, description="empty means the defaults")
     gates: list[str] = Field(default_factory=list, description="pytest gates, e.g. 'acc >= 0.3'")
     license: LicenseBlock | None = None

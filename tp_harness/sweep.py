@@ -36,7 +36,7 @@ EXPECTED_KINDS = {
 }
 #: settings that must match between a sweep and a run directory it reuses
 MATCHED_SETTINGS = ("model", "model_args", "targets", "mode", "budget", "seed", "sources", "scoring_mode",
-                    "reference_model", "reference_model_args", "reference_share", "optimizer")
+                    "reference_model", "reference_model_args", "reference_share", "optimizer", "apply_chat_template")
 
 
 @dataclass
@@ -64,6 +64,7 @@ class SweepSettings:
     dtype: str = "float32"
     batch_size: str = "16"
     cache: bool = True
+    apply_chat_template: str | None = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def run_settings(settings: SweepSettings, item: SweepItem) -> OptimizeSettings:
         budget=settings.budget, seed=settings.seed, mode=item.mode, scoring_mode=settings.scoring_mode,
         results_dir=settings.results_dir, spec_dirs=list(settings.spec_dirs), dtype=settings.dtype,
         batch_size=settings.batch_size, run_id=item.run_id, reference_share=settings.reference_share,
-        cache=settings.cache,
+        cache=settings.cache, apply_chat_template=settings.apply_chat_template,
     )
 
 
