@@ -47,6 +47,7 @@ __all__ = [
     "SplitsBlock",
     "TaskSpec",
     "TpBlock",
+    "UpstreamBlock",
     "discover_specs",
     "lm_eval_field_names",
     "load_spec",
@@ -163,6 +164,24 @@ class LicenseBlock(_Strict):
     flags: list[str] = Field(default_factory=list)
 
 
+class UpstreamBlock(_Strict):
+    """``tp.upstream``: lm-eval's own task for the same dataset, which the spec's format follows.
+
+    The conformance test (tests/test_conformance.py) runs that task in stock lm-eval on the spec's test docs and
+    checks that tp-harness measures the same ACC. ``fields`` lists where the spec deviates on purpose, with the
+    upstream values: the test scores the spec with them put back, so it still compares like with like.
+    """
+
+    task_yaml: str = Field(
+        pattern=r"^[A-Za-z0-9_./-]+\.ya?ml$",
+        description="the upstream task's YAML, relative to lm-eval's tasks/ directory, e.g. arc/arc_challenge.yaml",
+    )
+    fields: dict[str, Any] = Field(
+        default_factory=dict,
+        description="lm-eval fields where this spec deviates: the upstream's values (e.g. doc_to_choice: [A, B, C, D])",
+    )
+
+
 class _LmEvalFields(BaseModel):
     """The lm-eval fields whose types tp-harness checks; any other TaskConfig field passes through."""
 
@@ -218,6 +237,9 @@ class TpBlock(_Strict):
         description="split sizes, e.g. {seed: 1234, optimize: 64, validation: 64, test: 128}"
     )
     modes: dict[OutputType, ModeOverride] = Field(default_factory=dict)
+    upstream: UpstreamBlock | None = Field(
+        default=None, description="lm-eval's own task for this dataset (its format is the reference)"
+    )
     apply_chat_template: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="render with the scorer's chat template (lm-eval's --apply_chat_template): auto (off for "
