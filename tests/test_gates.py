@@ -10,7 +10,7 @@ from tp_harness.gates import Gate, GateSyntaxError, parse_gate
 from tp_harness.metrics import SampleRecord
 from tp_harness.pytest_plugin import GateOutcome, summary_rows, worst_samples
 
-METRICS = {"acc", "ifr", "ece", "auroc", "pr_p", "pr_n"}
+METRICS = {"acc", "acc_norm", "ifr", "ece", "auroc", "pr_p", "pr_n"}
 
 
 @pytest.mark.parametrize(

@@ -173,7 +173,7 @@ class UpstreamBlock(_Strict):
     """
 
     task_yaml: str = Field(
-        pattern=r"^[A-Za-z0-9_./-]+\.ya?ml$",
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$",
         description="the upstream task's YAML, relative to lm-eval's tasks/ directory, e.g. arc/arc_challenge.yaml",
     )
     fields: dict[str, Any] = Field(
