@@ -229,3 +229,9 @@ def test_stored_best_is_the_newest_run_by_date_for_the_same_model(tmp_path):
                         spec_dirs=[], limit=None, budget="smoke", results_dir=tmp_path, optimize=False)
     best = session._stored_best("tiny_csqa")
     assert best is not None and best.text == "newest prompt" and "aaa-first-by-name" in best.origin
+
+
+def test_bad_chat_template_option_is_a_usage_error(pytester):
+    result = pytester.runpytest_subprocess(*MODEL_ARGS, "--tp-apply-chat-template", "yes")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--tp-apply-chat-template: expected auto, on or off, got 'yes'" in result.stderr.str()

@@ -263,6 +263,12 @@ class TpBlock(_Strict):
                 raise _LocatedError("applies to generate_until only", mode, "answer_format")
         return modes
 
+    @field_validator("apply_chat_template", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare ``on`` / ``off`` as a boolean: take it as meant."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     @field_validator("metric_weights")
     @classmethod
     def _weights_usable(cls, weights: dict[str, float], info: ValidationInfo) -> dict[str, float]:
