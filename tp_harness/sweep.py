@@ -165,7 +165,9 @@ def run_state(run_dir: Path, item: SweepItem) -> str:
 
 def _check_same_settings(run_dir: Path, planned: OptimizeSettings) -> None:
     """:raises RunError: the run directory was made with other settings than this sweep's."""
-    saved: dict[str, Any] = RunDir.open(run_dir).config().get("settings") or {}
+    saved: dict[str, Any] = dict(RunDir.open(run_dir).config().get("settings") or {})
+    if saved and "apply_chat_template" not in saved:  # made before the switch: the chat template on every prompt
+        saved["apply_chat_template"] = "on"
     wanted = vars(planned)
     diff = [k for k in MATCHED_SETTINGS if k in saved and saved[k] != wanted[k]
             and not (k == "sources" and planned.mode == "no_transfer")]
