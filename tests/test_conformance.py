@@ -8,6 +8,10 @@ ACC (and acc_norm where lm-eval reports it) must agree to 1e-4. Real model, real
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+
 import pytest
 
 from tp_harness.conformance import check_conformance, stock_model, upstream_config
@@ -50,6 +54,9 @@ def stock(embedded_backend):
 
 
 def _assert_same(result) -> None:
+    if os.environ.get("TP_CONFORMANCE_OUT"):  # benchmarks/conformance_table.py's rows, from the CI run
+        with open(os.environ["TP_CONFORMANCE_OUT"], "a", encoding="utf-8") as f:
+            f.write(json.dumps(dataclasses.asdict(result)) + "\n")
     assert result.n == DOCS
     assert "acc" in result.stock
     for metric, theirs in result.stock.items():
