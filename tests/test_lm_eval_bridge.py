@@ -107,12 +107,13 @@ def test_every_tp_metric_and_the_composite_are_registered_with_lm_eval():
         assert get_metric(name) is not None, name
         agg = "tp_composite" if name == "tp_composite" else f"tp_{name}"
         assert get_metric_aggregation(name) is get_aggregation(agg), name
-    assert get_aggregation("tp_acc") is not None
+    assert get_aggregation("tp_acc") is not None and get_aggregation("tp_acc_norm") is not None
     assert get_metric("acc") is acc_fn  # lm-eval's own acc stays; the export names the aggregation tp_acc
+    assert get_metric("acc_norm") is not None  # lm-eval's own acc_norm stays too (aggregation tp_acc_norm)
     assert is_higher_better("ece") is False and is_higher_better("auroc") is True
     assert is_higher_better("tp_composite") is True
     again = register_with_lm_eval(metrics)  # idempotent: lm-eval refuses a second object under a name
-    assert again == {"acc": "tp_acc", "ifr": "tp_ifr", "ece": "tp_ece", "auroc": "tp_auroc", "pr_p": "tp_pr_p",
+    assert again == {"acc": "tp_acc", "acc_norm": "tp_acc_norm", "ifr": "tp_ifr", "ece": "tp_ece", "auroc": "tp_auroc", "pr_p": "tp_pr_p",
                      "pr_n": "tp_pr_n", "tp_composite": "tp_composite"}
 
 
