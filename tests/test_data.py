@@ -72,7 +72,8 @@ def jsonl_spec(tmp_path: Path, n: int, **kwargs: str) -> TaskSpec:
 
 
 def test_builtin_formats_are_registered_through_the_hook(sources: Registry[TaskSourceDef]) -> None:
-    assert sources.names() == ["jsonl", "csv", "tsv", "logiqa", "phrasebank", "json", "bbh"]
+    assert sources.names() == ["jsonl", "csv", "tsv", "logiqa", "phrasebank", "json", "ai2_arc", "mmlu", "medmcqa",
+                               "medqa", "bbh"]
     assert sources.get("jsonl").suffixes == (".jsonl",)
 
 
@@ -175,6 +176,8 @@ def test_logiqa_blocks_irregular_options(tmp_path: Path) -> None:
             "C": "third",
             "D": "fourth",
             "answer": "C",
+            "options": ["first", "second", "third", "fourth"],  # EleutherAI/logiqa's fields (lm-eval's logiqa)
+            "label": "c",
         },
     )
     # "A one" (space), C before B (taken by written letter), "D?four"
@@ -186,6 +189,8 @@ def test_logiqa_blocks_irregular_options(tmp_path: Path) -> None:
         "C": "three",
         "D": "four",
         "answer": "B",
+        "options": ["one", "two", "three", "four"],
+        "label": "b",
     }
     # an option line without its letter is taken by position, unstripped
     assert rows[2][1]["A"] == "When in City A.B"

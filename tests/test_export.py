@@ -35,6 +35,7 @@ CONFIG = {
 
 MC_METRIC_LIST = [
     {"metric": "acc", "aggregation": "tp_acc", "higher_is_better": True},
+    {"metric": "acc_norm", "aggregation": "tp_acc_norm", "higher_is_better": True},
     {"metric": "ece", "aggregation": "tp_ece", "higher_is_better": False},
     {"metric": "auroc", "aggregation": "tp_auroc", "higher_is_better": True},
     {"metric": "pr_p", "aggregation": "tp_pr_p", "higher_is_better": True},
@@ -143,7 +144,7 @@ def test_exported_yaml_is_a_stock_lm_eval_task_with_the_prompt_as_description(ex
     assert doc["task"] == f"medqa__tp_{kind}"
     assert doc["description"] == prompt + "\n\n"
     assert doc["test_split"] == "test"
-    assert doc["metadata"] == {"version": 1.0, "tp_prompt_kind": kind}
+    assert doc["metadata"] == {"version": 1.0, "tp_prompt_kind": kind, "tp_apply_chat_template": False}
     assert doc["metric_list"] == MC_METRIC_LIST  # ACC and every tp-harness metric of multiple_choice
     for key in ("output_type", "doc_to_text", "doc_to_choice", "doc_to_target"):
         assert doc[key] == CONFIG[key], key

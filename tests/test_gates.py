@@ -10,7 +10,7 @@ from tp_harness.gates import Gate, GateSyntaxError, parse_gate
 from tp_harness.metrics import SampleRecord
 from tp_harness.pytest_plugin import GateOutcome, summary_rows, worst_samples
 
-METRICS = {"acc", "ifr", "ece", "auroc", "pr_p", "pr_n"}
+METRICS = {"acc", "acc_norm", "ifr", "ece", "auroc", "pr_p", "pr_n"}
 
 
 @pytest.mark.parametrize(
@@ -39,7 +39,7 @@ def test_parse_gate_forms(text, metric, op, threshold, relative, name):
         ("acc", "cannot parse gate 'acc'"),
         ("acc == 0.3", "op one of >=, <=, >, <"),
         ("acc >= original * 0.9", "cannot parse gate"),
-        ("accuracy >= 0.3", "unknown metric 'accuracy'; known: acc, auroc, composite, ece, ifr, pr_n, pr_p"),
+        ("accuracy >= 0.3", "unknown metric 'accuracy'; known: acc, acc_norm, auroc, composite, ece, ifr, pr_n, pr_p"),
     ],
 )
 def test_parse_gate_errors_say_what_was_expected(text, message):

@@ -24,7 +24,7 @@ from tp_harness.runner import export_prepared_task, load_specs
 
 TASK = "financial_phrasebank"
 INSTRUCTION = "Classify the sentiment of the sentence. Reply 'Answer: <label>' then 'Confidence: <0-100>%'."
-KEYS = ("acc", "ifr", "ece", "auroc", "pr_p", "pr_n")
+KEYS = ("acc", "acc_norm", "ifr", "ece", "auroc", "pr_p", "pr_n")
 
 
 def _digest(*parts: object) -> int:
@@ -83,7 +83,8 @@ def test_stock_lm_eval_reports_the_harness_metrics_for_the_same_answers(mode, re
 
     stock = _stock_results(tmp_path / "lm_eval_tasks", f"{TASK}__tp_best", lm)
 
-    listed = [k for k in KEYS if k != "ifr" or mode == "generate_until"]
+    applies = {"ifr": "generate_until", "acc_norm": "multiple_choice"}
+    listed = [k for k in KEYS if applies.get(k, mode) == mode]
     assert {k.split(",")[0] for k in stock if k.endswith(",none") and "_stderr" not in k} == {*listed, "tp_composite"}
     for key in listed:
         assert stock[f"{key},none"] == pytest.approx(ev.metrics[key], abs=1e-9, nan_ok=False), key
@@ -106,12 +107,13 @@ def test_every_tp_metric_and_the_composite_are_registered_with_lm_eval():
         assert get_metric(name) is not None, name
         agg = "tp_composite" if name == "tp_composite" else f"tp_{name}"
         assert get_metric_aggregation(name) is get_aggregation(agg), name
-    assert get_aggregation("tp_acc") is not None
+    assert get_aggregation("tp_acc") is not None and get_aggregation("tp_acc_norm") is not None
     assert get_metric("acc") is acc_fn  # lm-eval's own acc stays; the export names the aggregation tp_acc
+    assert get_metric("acc_norm") is not None  # lm-eval's own acc_norm stays too (aggregation tp_acc_norm)
     assert is_higher_better("ece") is False and is_higher_better("auroc") is True
     assert is_higher_better("tp_composite") is True
     again = register_with_lm_eval(metrics)  # idempotent: lm-eval refuses a second object under a name
-    assert again == {"acc": "tp_acc", "ifr": "tp_ifr", "ece": "tp_ece", "auroc": "tp_auroc", "pr_p": "tp_pr_p",
+    assert again == {"acc": "tp_acc", "acc_norm": "tp_acc_norm", "ifr": "tp_ifr", "ece": "tp_ece", "auroc": "tp_auroc", "pr_p": "tp_pr_p",
                      "pr_n": "tp_pr_n", "tp_composite": "tp_composite"}
 
 
@@ -160,13 +162,14 @@ def test_an_exported_task_naming_an_unregistered_metric_says_which_plugin_is_mis
 # acceptance: the real embedded model, a smoke optimize, and the stock lm-eval CLI
 
 
-def _stock_cli(run_tasks: Path, tasks: list[str], checkpoint: str, out: Path) -> tuple[dict, dict[str, list[dict]]]:
-    """``lm-eval run`` in a subprocess on exported tasks; returns its results and its logged samples per task."""
+def _stock_cli(run_tasks: Path, tasks: list[str], checkpoint: str, out: Path, *, chat: bool) -> tuple[dict, dict[str, list[dict]]]:
+    """``lm-eval run`` in a subprocess on exported tasks (``--apply_chat_template`` when ``chat``, as the export
+    says); returns its results and its logged samples per task."""
     proc = subprocess.run(
         [sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--model_args",
          f"pretrained={checkpoint},dtype=float32", "--device", "cpu", "--include_path", str(run_tasks),
-         "--tasks", *tasks, "--apply_chat_template", "--batch_size", "16", "--output_path", str(out),
-         "--log_samples"],
+         "--tasks", *tasks, *(["--apply_chat_template"] if chat else []), "--batch_size", "16",
+         "--output_path", str(out), "--log_samples"],
         capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -194,6 +197,8 @@ def _check_against_harness(stock: dict, logged: list[dict], harness_ev: dict, ha
 
     metrics = harness_ev["metrics"]
     assert stock["acc,none"] == pytest.approx(metrics["acc"], abs=1e-9)
+    if metrics.get("acc_norm") is not None:
+        assert stock["acc_norm,none"] == pytest.approx(metrics["acc_norm"], abs=1e-9)
     if "ifr,none" in stock:
         assert stock["ifr,none"] == pytest.approx(metrics["ifr"], abs=1e-9)
         assert stock["ifr,none"] == instruction_following_rate([s["ifr"]["followed"] for s in logged])
@@ -227,12 +232,15 @@ def test_exported_tasks_report_acc_ifr_ece_of_the_harness_in_stock_lm_eval_cli(t
                  "--results-dir", str(results_dir), "--run-id", "bridge"]) == 0
     run = results_dir / "runs" / "bridge"
     harness = json.loads((run / "results.json").read_text())
-    checkpoint = json.loads((run / "config.json").read_text())["scorer_checkpoint"]
+    config = json.loads((run / "config.json").read_text())
+    checkpoint = config["scorer_checkpoint"]
+    assert config["chat_template"] == {TASK: False}  # auto: multiple_choice without the chat template
     names = [f"{TASK}__tp_best", f"{TASK}__tp_original"]
-    stock, logged = _stock_cli(run / "lm_eval_tasks", names, checkpoint, tmp_path / "stock_mc")
+    assert "WITHOUT --apply_chat_template" in (run / "lm_eval_tasks" / f"{names[0]}.yaml").read_text()
+    stock, logged = _stock_cli(run / "lm_eval_tasks", names, checkpoint, tmp_path / "stock_mc", chat=False)
     by_kind = {e["prompt_kind"]: e for e in harness["tp"]["evaluations"]}
     for name, kind in zip(names, ("best_target", "original"), strict=True):
-        assert set(stock[name]) >= {"acc,none", "ece,none", "auroc,none", "pr_p,none", "pr_n,none",
+        assert set(stock[name]) >= {"acc,none", "acc_norm,none", "ece,none", "auroc,none", "pr_p,none", "pr_n,none",
                                     "tp_composite,none"}
         assert "ifr,none" not in stock[name]  # IFR does not apply to multiple_choice
         _check_against_harness(stock[name], logged[name], by_kind[kind], _harness_samples(run, by_kind[kind]))
@@ -242,8 +250,9 @@ def test_exported_tasks_report_acc_ifr_ece_of_the_harness_in_stock_lm_eval_cli(t
     prep, ev = evaluate_prompt(task=TASK, registries=registries, prompt=best, scoring_mode="generate_until",
                                limit=8, cache=False)
     gen_dir = tmp_path / "gen_tasks"
-    export_prepared_task(gen_dir, prep, {"best": best}, registries)
-    stock_gen, logged_gen = _stock_cli(gen_dir, [f"{TASK}__tp_best"], checkpoint, tmp_path / "stock_gen")
+    assert ev.chat_template  # auto: generate_until with the chat template (an instruct model)
+    export_prepared_task(gen_dir, prep, {"best": best}, registries, chat_template=ev.chat_template)
+    stock_gen, logged_gen = _stock_cli(gen_dir, [f"{TASK}__tp_best"], checkpoint, tmp_path / "stock_gen", chat=True)
     ev_dict = {"metrics": ev.metrics, "n": ev.n}
     samples = [{"doc_id": r.doc_id, "parsed_answer": r.parsed_answer, "gold": r.gold, "correct": r.correct,
                 "confidence": r.confidence} for r in ev.records]

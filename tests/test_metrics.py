@@ -24,7 +24,7 @@ from tp_harness.metrics import (
     pr_p,
 )
 
-HIB = {"acc": True, "ifr": True, "ece": False, "auroc": True, "pr_p": True, "pr_n": True}
+HIB = {"acc": True, "acc_norm": True, "ifr": True, "ece": False, "auroc": True, "pr_p": True, "pr_n": True}
 
 # The running example for the ranking metrics (5 samples):
 #   confidence 0.9  0.8  0.7  0.6  0.5
@@ -320,21 +320,22 @@ def _builtin_registry() -> Registry[MetricDef]:
     return registry
 
 
-def test_hook_registers_six_metrics():
+def test_hook_registers_seven_metrics():
     registry = _builtin_registry()
-    assert registry.names() == ["acc", "ifr", "ece", "auroc", "pr_p", "pr_n"]
+    assert registry.names() == ["acc", "acc_norm", "ifr", "ece", "auroc", "pr_p", "pr_n"]
     assert {e.plugin for e in registry.entries()} == {"tp_harness.metrics"}
     displays = [registry.get(n).display for n in registry.names()]
-    assert displays == ["ACC", "IFR", "ECE", "AUROC", "PR-P", "PR-N"]
+    assert displays == ["ACC", "ACC-norm", "IFR", "ECE", "AUROC", "PR-P", "PR-N"]
     assert {n: registry.get(n).higher_is_better for n in registry.names()} == HIB
     assert registry.get("ifr").output_types == frozenset({"generate_until"})
+    assert registry.get("acc_norm").output_types == frozenset({"multiple_choice"})
     assert [n for n in registry.names() if registry.get(n).needs_confidence] == [
         "ece",
         "auroc",
         "pr_p",
         "pr_n",
     ]
-    assert set(registry.names()) == set(DEFAULT_WEIGHTS)
+    assert set(registry.names()) == set(DEFAULT_WEIGHTS) | {"acc_norm"}  # acc_norm is reported, not weighted
 
 
 def test_hook_matches_spec_through_pluggy():
@@ -344,7 +345,7 @@ def test_hook_matches_spec_through_pluggy():
     pm.check_pending()
     registry: Registry[MetricDef] = Registry("metric", MetricDef)
     pm.hook.tp_register_metrics(registry=registry)
-    assert len(registry) == 6
+    assert len(registry) == 7
 
 
 def test_compute_metrics_generate_until():
@@ -360,7 +361,8 @@ def test_compute_metrics_generate_until():
     # ECE: each sample alone in its bin: (|1-.9| + |1-.8| + |0-.7| + |1-.6| + |0-.5|) / 5
     #    = (.1 + .2 + .7 + .4 + .5) / 5 = 0.38
     expected = {"acc": 0.6, "ifr": 0.8, "ece": 0.38, "auroc": 5 / 6, "pr_p": 11 / 12, "pr_n": 5 / 6}
-    assert list(out) == [*expected, "composite"]
+    assert list(out) == ["acc", "acc_norm", "ifr", "ece", "auroc", "pr_p", "pr_n", "composite"]
+    assert out["acc_norm"] is None  # the records carry no length-normalized prediction (generate_until)
     for name, value in expected.items():
         assert out[name] == pytest.approx(value), name
     # .35*.6 + .25*.8 + .2*(1-.38) + .1*5/6 + .05*11/12 + .05*5/6 = .21+.2+.124+.083333+.045833+.041667 = 0.704833

@@ -120,7 +120,8 @@ def test_exported_best_task_runs_in_stock_lm_eval_and_matches_acc(smoke_run, tmp
          f"pretrained={config['scorer_checkpoint']},dtype=float32", "--device", "cpu",
          "--include_path", str(run / "lm_eval_tasks"),
          "--tasks", "financial_phrasebank__tp_best", "financial_phrasebank__tp_original",
-         "--apply_chat_template", "--batch_size", "16", "--output_path", str(out)],
+         *(["--apply_chat_template"] if config["chat_template"]["financial_phrasebank"] else []),
+         "--batch_size", "16", "--output_path", str(out)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -25,7 +25,7 @@ def requests_and_reference(registries, embedded_backend):
     reqs = []
     for task in ("commonsenseqa", "financial_phrasebank", "legalbench_hearsay"):
         (spec,) = load_specs([task], [], registries)
-        prep = prepare_task(spec, sources=registries.tasks, caps={"test": 4})
+        prep = prepare_task(spec, sources=registries.tasks, caps={"test": 4}, apply_chat_template="on")
         for i, doc in enumerate(prep.splits["test"]):
             ctx = render_context(prep, embedded_backend, instruction=spec.tp.instruction, split="test", doc_id=i)
             reqs += prep.task.construct_requests(doc=doc, ctx=ctx, metadata=(task, i, 1), apply_chat_template=True)

@@ -231,6 +231,12 @@ def test_stored_best_is_the_newest_run_by_date_for_the_same_model(tmp_path):
     assert best is not None and best.text == "newest prompt" and "aaa-first-by-name" in best.origin
 
 
+def test_bad_chat_template_option_is_a_usage_error(pytester):
+    result = pytester.runpytest_subprocess(*MODEL_ARGS, "--tp-apply-chat-template", "yes")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--tp-apply-chat-template: expected auto, on or off, got 'yes'" in result.stderr.str()
+
+
 # ----------------------------------------------------------------------------------------------
 # outside this repository: pytester's directory has no task_specs/ and no tp_specs ini key
 

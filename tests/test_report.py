@@ -207,17 +207,17 @@ def test_leaderboard_has_one_sorted_table_per_target(results_root: Path) -> None
         ("embedded:smollm2-135m", "run-a", "best source"),
         ("embedded:smollm2-135m", "run-a", "best target"),
     ]
-    # columns: model run mode prompt ACC IFR ECE AUROC PR-P PR-N composite "ACC 95% CI" "composite 95% CI" n
-    assert fpb[0][2:] == ["no_transfer", "original", "0.520", "0.500", "0.200", "0.600", "0.400", "0.700"] + [
+    # columns: model run mode prompt ACC ACC-norm IFR ECE AUROC PR-P PR-N composite "ACC 95% CI" "composite 95% CI" n
+    assert fpb[0][2:] == ["no_transfer", "original", "0.520", "n/a", "0.500", "0.200", "0.600", "0.400", "0.700"] + [
         "0.500",
         "n/a",  # run-b has no samples files: no bootstrap interval
         "n/a",
         "8",
-    ]
-    assert fpb[2][11].startswith("[") and fpb[2][12] == "n/a"  # ACC CI from samples; the composite CI needs
+    ]  # ACC-norm n/a: these hand-written results predate it
+    assert fpb[2][12].startswith("[") and fpb[2][13] == "n/a"  # ACC CI from samples; the composite CI needs
     # the stored composite to be reproducible from the samples, which the hand-written 0.5 is not
-    assert fpb[4][4:8] == ["0.450", "n/a", "0.200", "n/a"]  # multiple_choice IFR and undefined AUROC
-    assert all(r[5] == "n/a" for r in fpb if r[1] == "run-a")
+    assert fpb[4][4:9] == ["0.450", "n/a", "n/a", "0.200", "n/a"]  # multiple_choice IFR and undefined AUROC
+    assert all(r[6] == "n/a" for r in fpb if r[1] == "run-a")
     assert "0.999" not in md  # the validation-split evaluation is not a leaderboard row
 
     hearsay = _table_rows(md, "## legalbench_hearsay")

@@ -97,8 +97,11 @@ def test_shipped_spec_loads_and_its_docs_split(name: str, sources: Registry[Task
             choices = mc["doc_to_choice"]
             if isinstance(choices, str):
                 choices = ast.literal_eval(apply_template(choices, doc))
-            target = apply_template(mc["doc_to_target"], doc)
-            assert target.isdigit() and 0 <= int(target) < len(choices)
+            raw = mc["doc_to_target"]  # a template, or a field name as lm-eval allows (upstream: answerKey, cop)
+            target = doc[raw] if isinstance(raw, str) and raw in doc else apply_template(raw, doc)
+            if isinstance(target, str) and not target.isdigit():
+                target = choices.index(target)
+            assert 0 <= int(target) < len(choices)
             assert all(isinstance(c, str) and c.strip() for c in choices)
             assert apply_template(mc["doc_to_text"], doc).strip()
             # letters without fixed labels: A.. as many as the doc has choices (the evaluator's rule)
@@ -167,7 +170,7 @@ def test_lm_eval_config_applies_overrides_and_instruction(tmp_path: Path) -> Non
 def test_metric_weights_follow_the_registry_names(tmp_path: Path) -> None:
     path = write_spec(tmp_path, MINIMAL.replace("  gates:", "  metric_weights: {acc: 1, brier: 2}\n  gates:"))
     assert load_spec(path, metric_names={"acc", "brier"}).tp.metric_weights == {"acc": 1, "brier": 2}
-    with pytest.raises(SpecError, match=r"tp\.metric_weights\.brier: unknown metric; registered: acc, auroc"):
+    with pytest.raises(SpecError, match=r"tp\.metric_weights\.brier: unknown metric; registered: acc, acc_norm, auroc"):
         load_spec(path)
 
 

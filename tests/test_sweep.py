@@ -104,3 +104,19 @@ def test_sweep_skips_finished_redoes_deleted_and_resumes_interrupted_runs(tmp_pa
     resumed = run_sweep(settings, registries)
     assert resumed.resumed == [ids[1]] and resumed.skipped == [ids[0]] and not resumed.executed
     assert (deleted / "results.json").is_file()
+
+
+def test_a_run_made_before_the_rendering_switch_is_not_reused_under_the_new_default(tmp_path: Path) -> None:
+    from tp_harness.sweep import _check_same_settings, run_settings
+
+    settings = SweepSettings(models=["m"], targets=["fpb"], modes=["no_transfer"])
+    item = plan_sweep(settings)[0]
+    run = tmp_path / item.run_id
+    run.mkdir()
+    legacy = {k: v for k, v in vars(run_settings(settings, item)).items() if k != "apply_chat_template"}
+    (run / "config.json").write_text(json.dumps({"settings": legacy}), encoding="utf-8")
+    (run / "journal.jsonl").write_text("", encoding="utf-8")
+    with pytest.raises(RunError, match=r"made with other settings: apply_chat_template='on' \(sweep: None\)"):
+        _check_same_settings(run, run_settings(settings, item))
+    on = SweepSettings(models=["m"], targets=["fpb"], modes=["no_transfer"], apply_chat_template="on")
+    _check_same_settings(run, run_settings(on, item))  # the old rendering, asked for: reused

@@ -112,6 +112,14 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-data-outside-spec-dir", action="store_true",
                    help="let specs read data files outside their own directory (off: such a spec is refused; "
                         "only for specs you trust, see docs/security.md)")
+    _add_chat_template_flag(p)
+
+
+def _add_chat_template_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--apply-chat-template", choices=["auto", "on", "off"], default=None,
+                   help="render prompts with the scorer's chat template, as lm-eval's --apply_chat_template: on, "
+                        "off, or auto (off for multiple_choice, on for generate_until with a chat model); "
+                        "default: each spec's tp.apply_chat_template, else auto")
 
 
 def _csv(text: str) -> list[str]:
@@ -231,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--reference-model-args", default=None)
     sw.add_argument("--reference-share", type=_share, default=0.5)
     sw.add_argument("--scoring-mode", choices=["multiple_choice", "generate_until"], default=None)
+    _add_chat_template_flag(sw)
     sw.add_argument("--specs", action="append", default=[], metavar="DIR")
     sw.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     sw.add_argument("--batch-size", default="16", type=_batch_size)
@@ -333,6 +342,7 @@ def _cmd_optimize(args) -> int:
         optimizer=args.optimizer, scoring_mode=args.scoring_mode, results_dir=str(args.results_dir),
         spec_dirs=args.specs, dtype=args.dtype, batch_size=args.batch_size, run_id=args.run_id, cache=args.cache,
         reference_share=args.reference_share, allow_data_outside_spec_dir=args.allow_data_outside_spec_dir,
+        apply_chat_template=args.apply_chat_template,
     )
 
     def show_projection(projection, ctx) -> None:
@@ -361,8 +371,9 @@ def _print_results(results: dict) -> None:
     for ev in results["tp"]["evaluations"]:
         m = ev["metrics"]
         rows.append([ev["task"], ev["prompt_kind"], *(_fmt(m.get(k)) for k in
-                     ("acc", "ifr", "ece", "auroc", "pr_p", "pr_n", "composite")), ev["n"]])
-    print(tabulate(rows, headers=["task", "prompt", "ACC", "IFR", "ECE", "AUROC", "PR-P", "PR-N", "composite", "n"],
+                     ("acc", "acc_norm", "ifr", "ece", "auroc", "pr_p", "pr_n", "composite")), ev["n"]])
+    print(tabulate(rows, headers=["task", "prompt", "ACC", "ACC-norm", "IFR", "ECE", "AUROC", "PR-P", "PR-N",
+                                  "composite", "n"],
                    tablefmt="github"))
     for ev in results["tp"]["evaluations"]:
         if ev["prompt_kind"] != "original":
@@ -386,15 +397,18 @@ def _cmd_evaluate(args) -> int:
     prep, ev = evaluate_prompt(task=args.task, registries=_registries(), prompt=prompt, model=args.model,
                                model_args=args.model_args, split=args.split, scoring_mode=args.scoring_mode,
                                limit=args.limit, spec_dirs=args.specs, dtype=args.dtype, batch_size=args.batch_size,
-                               cache=args.cache, allow_data_outside=args.allow_data_outside_spec_dir)
+                               cache=args.cache, allow_data_outside=args.allow_data_outside_spec_dir,
+                               apply_chat_template=args.apply_chat_template)
     from tabulate import tabulate
 
     m = ev.metrics
-    print(f"task {ev.task} ({ev.mode}), split {ev.split}, n={ev.n}, model {args.model}")
+    print(f"task {ev.task} ({ev.mode}), split {ev.split}, n={ev.n}, model {args.model}, "
+          f"chat template {'on' if ev.chat_template else 'off'}")
     print(f"instruction: {ev.instruction}")
-    print(tabulate([[_fmt(m.get(k)) for k in ("acc", "ifr", "ece", "auroc", "pr_p", "pr_n", "composite")]],
-                   headers=["ACC", "IFR", "ECE", "AUROC", "PR-P", "PR-N", "composite"], tablefmt="github"))
-    extra = [k for k in m if k not in ("acc", "ifr", "ece", "auroc", "pr_p", "pr_n", "composite")]
+    shown = ("acc", "acc_norm", "ifr", "ece", "auroc", "pr_p", "pr_n", "composite")
+    print(tabulate([[_fmt(m.get(k)) for k in shown]],
+                   headers=["ACC", "ACC-norm", "IFR", "ECE", "AUROC", "PR-P", "PR-N", "composite"], tablefmt="github"))
+    extra = [k for k in m if k not in shown]
     if extra:  # metrics that plugins registered
         print("other metrics: " + ", ".join(f"{k}={_fmt(m[k])}" for k in extra))
     for r in ev.records[: args.show_samples]:
@@ -414,7 +428,7 @@ def _cmd_sweep(args) -> int:
         seed=args.seed, results_dir=str(args.results_dir), model_args=args.model_args,
         reference_model=args.reference_model, reference_model_args=args.reference_model_args,
         reference_share=args.reference_share, scoring_mode=args.scoring_mode, spec_dirs=args.specs,
-        dtype=args.dtype, batch_size=args.batch_size, cache=args.cache,
+        dtype=args.dtype, batch_size=args.batch_size, cache=args.cache, apply_chat_template=args.apply_chat_template,
     )
     plan = plan_sweep(settings)
     if args.executor == "ray":

@@ -1,7 +1,8 @@
 """Task sources and splits: read a task's data files into row dicts, and cut them into splits.
 
 Owns the built-in data formats (``jsonl``, ``csv``, ``tsv``, ``logiqa``, ``phrasebank``, ``json``,
-``bbh``), registered through the ``tp_register_tasks`` hook exactly as a third-party format would be,
+``bbh``, and ``ai2_arc``, ``mmlu``, ``medmcqa``, ``medqa``, which give the rows of the Hugging Face dataset
+that lm-eval's upstream task reads, so a spec can use lm-eval's own templates), registered through the ``tp_register_tasks`` hook exactly as a third-party format would be,
 and the seeded optimize / validation / test split. It renders no prompt and builds no lm-eval task: rows go to the
 evaluator as plain dicts that the spec's lm-eval templates (``doc_to_text`` ...) read.
 
@@ -230,7 +231,9 @@ def load_logiqa(path: Path, *, encoding: str = "utf-8") -> Iterator[tuple[int, d
 
     Each block is 8 lines: a blank line, the answer letter (``a``-``d``), the context, the question,
     and options ``A.xxx`` .. ``D.xxx``. Rows are ``{"context", "question", "A", "B", "C", "D",
-    "answer"}`` with the ``A.`` prefixes stripped and ``answer`` in ``"A"``..``"D"``. The line number of
+    "answer", "options", "label"}`` with the ``A.`` prefixes stripped, ``answer`` in ``"A"``..``"D"``, and
+    ``options`` (the four texts) and ``label`` (``"a"``..``"d"``) as the Hugging Face ``EleutherAI/logiqa`` rows
+    that lm-eval's ``logiqa`` task reads. The line number of
     a row is that of its answer letter. Irregular option lines are handled as :func:`_logiqa_options` says.
 
     :raises DataError: a block is cut short or its answer is not a letter a-d.
@@ -257,6 +260,8 @@ def load_logiqa(path: Path, *, encoding: str = "utf-8") -> Iterator[tuple[int, d
         row: dict[str, Any] = {"context": lines[i + 1].strip(), "question": lines[i + 2].strip()}
         row.update(_logiqa_options(lines[i + 3 : i + 7]))
         row["answer"] = letter.upper()
+        row["options"] = [row[k] for k in "ABCD"]  # EleutherAI/logiqa's fields, read by lm-eval's logiqa task
+        row["label"] = letter.lower()
         yield start, row
         i += 7
 
@@ -379,6 +384,81 @@ def load_bbh(
         yield number, out
 
 
+# ----------------------------------------------------------------------------------------------
+# Formats that give lm-eval's upstream rows (the Hugging Face dataset its task YAML reads)
+
+
+def _letter_index(path: Path, number: int, value: Any, letters: str = "ABCD") -> int:
+    if not isinstance(value, str) or value.strip().upper() not in letters:
+        raise DataError(path, f"expected an answer letter {'/'.join(letters)}, got {_short(value)}", line=number)
+    return letters.index(value.strip().upper())
+
+
+def load_ai2_arc(path: Path, *, encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield AI2 ARC rows (the released JSONL: ``question.stem``, ``question.choices``) as the Hugging Face
+    ``allenai/ai2_arc`` rows lm-eval's ``arc_easy`` / ``arc_challenge`` read: ``{"id", "question", "choices":
+    {"text": [...], "label": [...]}, "answerKey"}``.
+
+    :raises DataError: a row lacks the stem, the choices or the answer key.
+    """
+    for number, row in load_jsonl(path, encoding=encoding):
+        q = row.get("question")
+        if not isinstance(q, dict) or not isinstance(q.get("choices"), list) or "answerKey" not in row:
+            raise DataError(path, f"expected an ARC row with question.stem, question.choices and answerKey, "
+                            f"got {_short(row)}", line=number)
+        yield number, {"id": row.get("id"), "question": q.get("stem"),
+                       "choices": {"text": [c["text"] for c in q["choices"]],
+                                   "label": [c["label"] for c in q["choices"]]},
+                       "answerKey": row["answerKey"]}
+
+
+def load_mmlu(path: Path, *, encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield MMLU rows (the released header-less CSV ``question,A,B,C,D,answer``) as the Hugging Face
+    ``cais/mmlu`` rows lm-eval's ``mmlu_*`` tasks read: ``{"question", "subject", "choices": [4 texts],
+    "answer": 0-3}``; ``subject`` is the file's stem without ``_test`` (``college_medicine``).
+
+    :raises DataError: a record has the wrong number of columns or an answer that is not A-D.
+    """
+    columns = ["question", "A", "B", "C", "D", "answer"]
+    for number, row in load_csv(path, columns=columns, header=False, source_field="subject", encoding=encoding):
+        yield number, {"question": row["question"], "subject": row["subject"],
+                       "choices": [row[k] for k in "ABCD"], "answer": _letter_index(path, number, row["answer"])}
+
+
+def _medagents_rows(path: Path, encoding: str) -> Iterator[tuple[int, dict[str, Any], list[str], int]]:
+    """MedAgents-benchmark JSONL rows: ``(line, row, the four option texts A-D, gold index 0-3)``."""
+    for number, row in load_jsonl(path, encoding=encoding):
+        options = row.get("options")
+        if not isinstance(options, dict) or any(k not in options for k in "ABCD") or "question" not in row:
+            raise DataError(path, f"expected a row with question, options A-D and answer_idx, got {_short(row)}",
+                            line=number)
+        yield number, row, [options[k] for k in "ABCD"], _letter_index(path, number, row.get("answer_idx"))
+
+
+def load_medmcqa(path: Path, *, encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield MedMCQA rows (MedAgents-benchmark JSONL: ``question``, ``options`` A-D, ``answer_idx``) as the Hugging
+    Face ``openlifescienceai/medmcqa`` rows lm-eval's ``medmcqa`` reads: ``{"id", "question", "opa", "opb", "opc",
+    "opd", "cop": 0-3}``.
+
+    :raises DataError: a row lacks the question, an option or a letter answer.
+    """
+    for number, row, options, gold in _medagents_rows(path, encoding):
+        yield number, {"id": row.get("realidx"), "question": row["question"], "opa": options[0], "opb": options[1],
+                       "opc": options[2], "opd": options[3], "cop": gold}
+
+
+def load_medqa(path: Path, *, encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield MedQA-USMLE rows (MedAgents-benchmark JSONL: ``question``, ``options`` A-D, ``answer_idx``) as the
+    Hugging Face ``GBaker/MedQA-USMLE-4-options-hf`` rows lm-eval's ``medqa_4options`` reads: ``{"id", "sent1",
+    "sent2", "ending0", .., "ending3", "label": 0-3}``.
+
+    :raises DataError: a row lacks the question, an option or a letter answer.
+    """
+    for number, row, options, gold in _medagents_rows(path, encoding):
+        yield number, {"id": str(row.get("realidx")), "sent1": row["question"], "sent2": "",
+                       **{f"ending{i}": text for i, text in enumerate(options)}, "label": gold}
+
+
 @hookimpl
 def tp_register_tasks(registry: Registry[TaskSourceDef]) -> None:
     """Register the built-in data formats."""
@@ -417,6 +497,14 @@ def tp_register_tasks(registry: Registry[TaskSourceDef]) -> None:
             suffixes=(".json",),
         ),
     )
+    for name, load, what in (
+        ("ai2_arc", load_ai2_arc, "AI2 ARC JSONL as allenai/ai2_arc rows (lm-eval's arc_* read them)"),
+        ("mmlu", load_mmlu, "MMLU header-less CSV as cais/mmlu rows (lm-eval's mmlu_* read them)"),
+        ("medmcqa", load_medmcqa, "MedAgents MedMCQA JSONL as openlifescienceai/medmcqa rows (lm-eval's medmcqa)"),
+        ("medqa", load_medqa, "MedAgents MedQA JSONL as GBaker/MedQA-USMLE-4-options-hf rows (lm-eval's medqa_4options)"),
+    ):
+        registry.add(name, TaskSourceDef(load=load, description=what,
+                                         suffixes=(".csv",) if name == "mmlu" else (".jsonl",)))
     registry.add(
         "bbh",
         TaskSourceDef(

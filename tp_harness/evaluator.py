@@ -1,9 +1,10 @@
 """The objective prompt evaluator: (instruction x docs) -> sample records -> metrics and composite.
 
 Owns building the lm-eval task object of a spec once per run (:func:`prepare_task`), rendering each
-(instruction, doc) prompt with lm-eval's own ``fewshot_context`` (the instruction is the system
-message, exactly where an exported task's ``description`` puts it), sending the requests of many
-instructions to the backend in one call, and turning the answers into :class:`SampleRecord` rows and
+(instruction, doc) prompt with lm-eval's own ``fewshot_context`` (the instruction goes exactly where an
+exported task's ``description`` goes: a plain-text prefix without the chat template, the system message
+with it; :func:`uses_chat_template` decides which), sending the requests of many instructions to the
+backend in one call, and turning the answers into :class:`SampleRecord` rows and
 metric values. It calls models only through a backend and writes nothing to disk.
 Source: Transfer-Prompting (Chang, Chang & Wu, 2025, arXiv 2502.14211), section "objective prompt
 evaluator"; metric definitions in DESIGN.md section 3.
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends.base import LMBackend
-from .errors import SpecError
+from .errors import BackendError, SpecError
 from .hookspecs import MetricDef, Registry, TaskSourceDef
 from .metrics import DEFAULT_WEIGHTS, SampleRecord, compute_metrics
 from .specs import AnswerFormat, TaskSpec
@@ -29,6 +30,18 @@ from .specs import AnswerFormat, TaskSpec
 log = logging.getLogger(__name__)
 
 SPLITS = ("optimize", "validation", "test")
+
+#: The settings of ``--apply-chat-template`` (CLI), ``tp.apply_chat_template`` (spec) and
+#: ``--tp-apply-chat-template`` (pytest): lm-eval's ``--apply_chat_template`` switch, plus ``auto``.
+CHAT_TEMPLATE_SETTINGS: tuple[str, ...] = ("auto", "on", "off")
+
+#: What ``auto`` means per scoring mode, chosen by measurement (docs/conformance.md): loglikelihood scoring
+#: without the chat template, as lm-eval does by default (SmolLM2-135M-Instruct on 128 ARC-Easy test docs,
+#: stock lm-eval: ACC 0.523 without, 0.203 with it); verbalized answers (generate_until) with it, for models
+#: that have one (a base model has no template and gets none): on 16 Financial PhraseBank test docs the same
+#: model gave 16 non-empty answers with the template (12 naming a label, 10 the gold one) and 16 empty ones
+#: without (it stops at once).
+AUTO_CHAT_TEMPLATE: dict[str, bool] = {"multiple_choice": False, "generate_until": True}
 
 
 def prompt_sha(instruction: str) -> str:
@@ -42,6 +55,7 @@ class PreparedTask:
 
     :ivar splits: ``{"optimize" | "validation" | "test": [doc, ...]}`` (seeded, disjoint; see data.split_docs).
     :ivar mode: ``multiple_choice`` (loglikelihood) or ``generate_until`` (verbalized answer + confidence).
+    :ivar chat_template: the rendering setting, ``auto``, ``on`` or ``off`` (see :func:`uses_chat_template`).
     """
 
     spec: TaskSpec
@@ -50,7 +64,8 @@ class PreparedTask:
     splits: dict[str, list[dict]]
     answer_format: AnswerFormat | None
     weights: dict[str, float]
-    _contexts: dict[tuple[str, str, int], str] = field(default_factory=dict, repr=False)
+    chat_template: str = "auto"
+    _contexts: dict[tuple[str, str, int, bool], str] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -69,13 +84,17 @@ def prepare_task(
     mode: str | None = None,
     caps: Mapping[str, int] | None = None,
     weights: Mapping[str, float] | None = None,
+    apply_chat_template: str | None = None,
 ) -> PreparedTask:
     """Load a spec's docs, split them and build its lm-eval ``ConfigurableTask`` (once per run).
 
     :param mode: scoring mode; default the spec's ``output_type``.
+    :param apply_chat_template: ``auto``, ``on`` or ``off``; default the spec's ``tp.apply_chat_template``
+        (itself ``auto`` unless the spec says otherwise).
     :param caps: per-split maximum sizes (the budget's samples per split); splits are prefixes.
     :param weights: composite weights; default the spec's ``tp.metric_weights`` or DESIGN.md's defaults.
     :raises SpecError: the mode is not available for this spec, or its data do not fill the splits.
+    :raises ValueError: ``apply_chat_template`` is not one of :data:`CHAT_TEMPLATE_SETTINGS`.
     """
     import datasets
     from lm_eval.api.task import ConfigurableTask
@@ -86,6 +105,9 @@ def prepare_task(
 
     install_lm_eval_sandbox()  # every template of the task renders in jinja2's sandbox
     mode = mode or spec.modes[0]
+    chat = apply_chat_template or spec.tp.apply_chat_template
+    if chat not in CHAT_TEMPLATE_SETTINGS:
+        raise ValueError(f"apply_chat_template: expected one of {', '.join(CHAT_TEMPLATE_SETTINGS)}, got {chat!r}")
     config = dict(spec.lm_eval_config(mode))
     rows = load_rows(spec, sources)
     all_docs = [row for _path, _line, row in rows]
@@ -108,7 +130,7 @@ def prepare_task(
     docs = {k: [dict(d) for d in dataset[k]] if k in dataset else [] for k in SPLITS}
     w = dict(weights or spec.tp.metric_weights or DEFAULT_WEIGHTS)
     return PreparedTask(spec=spec, mode=mode, task=task, splits=docs, answer_format=spec.answer_format(mode),
-                        weights=w)
+                        weights=w, chat_template=chat)
 
 
 def _check_sizes(spec: TaskSpec, num_docs: int) -> None:
@@ -122,17 +144,35 @@ def _check_sizes(spec: TaskSpec, num_docs: int) -> None:
 # prompts and requests
 
 
+def uses_chat_template(prepared: PreparedTask, backend: LMBackend) -> bool:
+    """Whether ``prepared`` is rendered with ``backend``'s chat template (lm-eval's ``--apply_chat_template``).
+
+    ``on``: yes; ``off``: no; ``auto``: :data:`AUTO_CHAT_TEMPLATE` of the scoring mode, and never for a
+    model without a chat template (a base model).
+    :raises BackendError: ``on`` for a model that has no chat template.
+    """
+    setting = prepared.chat_template
+    if setting == "off":
+        return False
+    if setting == "on":
+        if not backend.has_chat_template:
+            raise BackendError(backend.name, f"has no chat template, but task {prepared.name!r} is rendered with "
+                               "--apply-chat-template on", "use --apply-chat-template off (or auto)")
+        return True
+    return AUTO_CHAT_TEMPLATE.get(prepared.mode, False) and backend.has_chat_template
+
+
 def render_context(prepared: PreparedTask, backend: LMBackend, *, instruction: str, split: str, doc_id: int) -> str:
     """The exact prompt string lm-eval builds for ``doc`` with ``instruction`` as the task description.
 
     The instruction plus ``"\n\n"`` is placed exactly where an exported task's ``description``
-    (``TaskSpec.lm_eval_config(instruction=...)``) puts it: the system message with a chat template
-    (instruct models), prepended plain text without one (base models).
+    (``TaskSpec.lm_eval_config(instruction=...)``) puts it: the system message with the chat template,
+    a plain-text prefix without it (:func:`uses_chat_template` decides).
     """
-    key = (instruction, split, doc_id)
+    use_chat = uses_chat_template(prepared, backend)
+    key = (instruction, split, doc_id, use_chat)
     if key not in prepared._contexts:
         doc = prepared.splits[split][doc_id]
-        use_chat = backend.has_chat_template
         prepared._contexts[key] = prepared.task.fewshot_context(
             doc, 0, system_instruction=instruction + "\n\n" if instruction else None, apply_chat_template=use_chat,
             chat_template=backend.apply_chat_template if use_chat else None,
@@ -158,6 +198,7 @@ class Evaluation:
         ``composite``: floats in [0, 1], or None where undefined or not applicable (IFR in multiple_choice).
     :ivar seconds: wall time of the backend call, shared pro rata between the jobs of one call.
     :ivar tokens: prompt + continuation tokens pushed through the scorer LLM for this job.
+    :ivar chat_template: whether the prompts were rendered with the scorer's chat template.
     """
 
     task: str
@@ -169,6 +210,7 @@ class Evaluation:
     metrics: dict[str, float | None]
     seconds: float
     tokens: int
+    chat_template: bool = False
 
     @property
     def n(self) -> int:
@@ -204,6 +246,7 @@ def evaluate_jobs(
 
     ll_reqs: list[Any] = []
     gen_reqs: list[Any] = []
+    chat = {id(job.prepared): uses_chat_template(job.prepared, backend) for job in jobs}
     plan: list[tuple[EvalJob, list[int], list[tuple[int, int, int]]]] = []  # job, doc_ids, (doc_id, start, count)
     for job in jobs:
         prep = job.prepared
@@ -214,7 +257,7 @@ def evaluate_jobs(
             ctx = render_context(prep, backend, instruction=job.instruction, split=job.split, doc_id=doc_id)
             if prep.mode == "multiple_choice":
                 reqs = prep.task.construct_requests(doc=doc, ctx=ctx, metadata=(prep.name, doc_id, 1),
-                                                    apply_chat_template=backend.has_chat_template)
+                                                    apply_chat_template=chat[id(prep)])
                 spans.append((doc_id, len(ll_reqs), len(reqs)))
                 ll_reqs.extend(reqs)
             else:
@@ -254,7 +297,8 @@ def evaluate_jobs(
         values["composite"] = computed["composite"]
         out.append(Evaluation(task=prep.name, split=job.split, instruction=job.instruction, prompt_sha=sha,
                               mode=prep.mode, records=tuple(records), metrics=values,
-                              seconds=elapsed * n_reqs / total_reqs, tokens=backend.count_tokens(texts)))
+                              seconds=elapsed * n_reqs / total_reqs, tokens=backend.count_tokens(texts),
+                              chat_template=chat[id(prep)]))
     return out
 
 
@@ -268,7 +312,8 @@ def _mc_record(prep: PreparedTask, doc: dict, doc_id: int, sha: str, lls: list[f
 
 def record_from_loglikelihoods(task: Any, doc: dict, *, doc_id: int, sha: str, lls: Sequence[float]) -> SampleRecord:
     """The multiple_choice record of one doc: prediction = argmax loglikelihood (lm-eval's ``acc``), confidence =
-    its softmax share over the choices.
+    its softmax share over the choices; ``correct_norm`` = argmax of loglikelihood / choice length in characters
+    (lm-eval's ``acc_norm``, ``ConfigurableTask.process_results`` in lm-eval 0.4.13; ties go to the first choice).
 
     :param task: the lm-eval ``ConfigurableTask`` whose ``doc_to_choice`` / ``doc_to_target`` read ``doc``.
     :param lls: one loglikelihood (natural log, summed over the continuation) per choice, in choice order.
@@ -282,9 +327,10 @@ def record_from_loglikelihoods(task: Any, doc: dict, *, doc_id: int, sha: str, l
     probs = [math.exp(v - top) for v in lls]
     total = sum(probs)
     pred = max(range(len(lls)), key=lambda i: lls[i])
+    pred_norm = max(range(len(lls)), key=lambda i: lls[i] / max(1, len(choices[i])))
     return SampleRecord(doc_id=doc_id, prompt_sha=sha, response=choices[pred], parsed_answer=choices[pred],
                         gold=choices[gold_idx], confidence=min(1.0, max(0.0, probs[pred] / total)), followed=None,
-                        correct=pred == gold_idx)
+                        correct=pred == gold_idx, correct_norm=pred_norm == gold_idx)
 
 
 # ---------------------------------------------------------------------------------------------

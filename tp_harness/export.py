@@ -89,6 +89,7 @@ def export_task_yaml(
     metric_defs: Mapping[str, MetricDef] | None = None,
     weights: Mapping[str, float] | None = None,
     answer_format: Mapping[str, Any] | None = None,
+    apply_chat_template: bool = False,
 ) -> list[Path]:
     """Write one lm-eval task YAML per prompt kind (``original`` -> ``<task>__tp_original``, ``best`` ->
     ``<task>__tp_best``), the scored docs and their loader and scoring module ``<task>_data.py``.
@@ -105,6 +106,9 @@ def export_task_yaml(
     :param weights: the composite weights the harness used (``PreparedTask.weights``); default the
         built-in defaults (``tp_harness.metrics.DEFAULT_WEIGHTS``).
     :param answer_format: the ``generate_until`` parser (``AnswerFormat.model_dump()``); required for that mode.
+    :param apply_chat_template: whether the harness rendered the prompts with the chat template. lm-eval takes that
+        as a run flag, not a task field: the YAML records it (``metadata.tp_apply_chat_template`` and its header
+        says whether to pass ``--apply_chat_template``), so stock lm-eval renders the prompts exactly as scored.
     :return: the written paths.
     :raises ValueError: ``configs`` is empty, its kinds differ in anything but ``description``, or a
         ``generate_until`` task has no ``answer_format``.
@@ -126,9 +130,12 @@ def export_task_yaml(
         base = {k: v for k, v in config.items() if k not in _DROP}
         base["metric_list"] = metric_list
         doc = {"task": name, "test_split": "test", "description": config.get("description", ""), **base,
-               "metadata": {"version": 1.0, "tp_prompt_kind": kind}}
+               "metadata": {"version": 1.0, "tp_prompt_kind": kind, "tp_apply_chat_template": apply_chat_template}}
         body = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=1000)
+        how = "WITH --apply_chat_template" if apply_chat_template else "WITHOUT --apply_chat_template"
         header = (f"# exported by tp-harness: task {task!r}, prompt {kind!r}\n"
+                  f"# scored {how} (the instruction is {'the system message' if apply_chat_template else 'a plain-text prefix'}); "
+                  f"run stock lm-eval {how} to reproduce it\n"
                   f"custom_dataset: !function {task}_data.load\n"
                   f"process_results: !function {task}_data.process_results\n")
         path = out_dir / f"{name}.yaml"

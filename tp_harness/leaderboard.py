@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("md", "csv", "json")
 METRIC_COLUMNS = (
     ("acc", "ACC"),
+    ("acc_norm", "ACC-norm"),
     ("ifr", "IFR"),
     ("ece", "ECE"),
     ("auroc", "AUROC"),
@@ -58,7 +59,8 @@ FIGURES_DIR = "leaderboard_plots"
 LEADERBOARD_INTRO = (
     "Each row is one prompt scored on the held-out **test** split of a target dataset: the task's "
     "original instruction, the best stage-1 (source) prompt and the best stage-2 (target) prompt. "
-    "Metrics: ACC (accuracy), IFR (instruction-following rate), ECE (expected calibration error, "
+    "Metrics: ACC (accuracy), ACC-norm (lm-eval's acc_norm: each choice's loglikelihood divided by its "
+    "length; multiple_choice only, n/a in runs stored before it was reported), IFR (instruction-following rate), ECE (expected calibration error, "
     "10 equal-width bins; **lower is better**), AUROC (confidence separating correct from wrong "
     "answers), PR-P and PR-N (precision-recall areas with correct, resp. wrong, answers as the "
     "positive class) and composite (the weighted objective the optimizer maximizes); all are in "
@@ -265,7 +267,7 @@ def _record(row: Row) -> dict[str, Any]:
 def leaderboard_csv(rows: Sequence[Row]) -> str:
     """One CSV line per test-split evaluation (header first; full-precision numbers, empty for n/a).
 
-    Columns: task, model, run_id, mode, budget, seed, prompt_kind, n, acc, ifr, ece, auroc, pr_p, pr_n,
+    Columns: task, model, run_id, mode, budget, seed, prompt_kind, n, acc, acc_norm, ifr, ece, auroc, pr_p, pr_n,
     composite, acc_ci_low, acc_ci_high, composite_ci_low, composite_ci_high, prompt_sha, prompt.
     """
     buf = io.StringIO()

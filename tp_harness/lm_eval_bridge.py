@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 _MARK = "tp_harness_metric"
 #: the fields of a per-sample value (a SampleRecord without doc_id and prompt_sha, which lm-eval lacks)
 _FIELDS = ("response", "parsed_answer", "gold", "confidence", "followed", "correct")
+#: per-sample fields that a value may lack (values written before the field existed)
+_OPTIONAL_FIELDS = ("correct_norm",)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -45,10 +47,10 @@ _FIELDS = ("response", "parsed_answer", "gold", "confidence", "followed", "corre
 def sample_value(record: SampleRecord) -> dict[str, Any]:
     """The per-sample value lm-eval stores for every tp-harness metric of one doc: the record's fields.
 
-    :return: ``{"response", "parsed_answer", "gold", "confidence", "followed", "correct"}`` (JSON types),
-        what any corpus-level metric needs; lm-eval logs it per sample with ``--log_samples``.
+    :return: ``{"response", "parsed_answer", "gold", "confidence", "followed", "correct", "correct_norm"}``
+        (JSON types), what any corpus-level metric needs; lm-eval logs it per sample with ``--log_samples``.
     """
-    return {name: getattr(record, name) for name in _FIELDS}
+    return {name: getattr(record, name) for name in (*_FIELDS, *_OPTIONAL_FIELDS)}
 
 
 def records_from_values(items: Sequence[Any]) -> list[SampleRecord]:
@@ -66,7 +68,8 @@ def records_from_values(items: Sequence[Any]) -> list[SampleRecord]:
                 "tp-harness metrics needs 'process_results: !function <task>_data.process_results' as "
                 "tp-harness export writes it (lm_eval_tasks/ of a run)"
             )
-        out.append(SampleRecord(doc_id=i, prompt_sha="", **{name: item[name] for name in _FIELDS}))
+        out.append(SampleRecord(doc_id=i, prompt_sha="", **{name: item[name] for name in _FIELDS},
+                                **{name: item[name] for name in _OPTIONAL_FIELDS if name in item}))
     return out
 
 

@@ -40,6 +40,7 @@ class SampleRecord:
     confidence: float | None  # probability in [0, 1]; None when no confidence was parsed
     followed: bool | None  # output format followed; None when IFR does not apply (multiple_choice)
     correct: bool  # parsed_answer == gold (an unparsed answer is wrong)
+    correct_norm: bool | None = None  # multiple_choice: the length-normalized argmax is gold (lm-eval's acc_norm)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,6 +259,16 @@ def accuracy_from_records(records: Sequence[SampleRecord]) -> float | None:
     return accuracy([_is_correct(r) for r in records])
 
 
+def acc_norm_from_records(records: Sequence[SampleRecord]) -> float | None:
+    """lm-eval's ``acc_norm``: the fraction of samples whose loglikelihood per character of the choice picks the
+    gold choice (``SampleRecord.correct_norm``). Range [0, 1], higher is better; ``None`` when no record has
+    ``correct_norm`` (generate_until, or records stored before it existed).
+    Source: lm-eval 0.4.13 ``ConfigurableTask.process_results`` (``pred_norm = argmax(lls / completion_len)``).
+    """
+    values = [r.correct_norm for r in records if r.correct_norm is not None]
+    return accuracy(values) if values else None
+
+
 def ifr_from_records(records: Sequence[SampleRecord]) -> float | None:
     """IFR over all ``records``; ``None`` when there are none or ``followed`` is None throughout."""
     return instruction_following_rate([r.followed for r in records])
@@ -359,7 +370,7 @@ def compute_metrics(
 
 @hookimpl
 def tp_register_metrics(registry: Registry[MetricDef]) -> None:
-    """Register the six built-in metrics: acc, ifr, ece, auroc, pr_p, pr_n."""
+    """Register the built-in metrics: acc, acc_norm, ifr, ece, auroc, pr_p, pr_n (acc_norm has no default weight)."""
     registry.add(
         "acc",
         MetricDef(
@@ -367,6 +378,16 @@ def tp_register_metrics(registry: Registry[MetricDef]) -> None:
             display="ACC",
             higher_is_better=True,
             description="fraction of samples answered correctly (an unparsed answer is wrong)",
+        ),
+    )
+    registry.add(
+        "acc_norm",
+        MetricDef(
+            compute=acc_norm_from_records,
+            display="ACC-norm",
+            higher_is_better=True,
+            output_types=frozenset({"multiple_choice"}),
+            description="lm-eval's acc_norm: ACC with each choice's loglikelihood divided by its length in characters",
         ),
     )
     registry.add(

@@ -51,6 +51,8 @@ _OPTIONS: dict[str, tuple[str, Any, str]] = {
     "tp_cache_dir": ("string", None, "model and response cache directory (sets TP_CACHE_DIR)"),
     "tp_results_dir": ("string", "results", "results directory holding runs/<run_id>/ with stored best prompts"),
     "tp_optimize": ("bool", False, "run a smoke optimization when no stored best prompt exists"),
+    "tp_apply_chat_template": ("string", None, "render with the scorer's chat template: auto, on or off "
+                               "(default: each spec's tp.apply_chat_template, else auto: off for multiple_choice)"),
 }
 
 
@@ -164,6 +166,7 @@ class TpSession:
     budget: str
     results_dir: Path
     optimize: bool
+    chat_template: str | None = None
     backend_loads: int = 0
     outcomes: list[GateOutcome] = field(default_factory=list)
     _registries: Any = None
@@ -192,6 +195,9 @@ class TpSession:
 
             dirs = [root / "task_specs"] if (root / "task_specs").is_dir() else [BUILTIN_SPEC_DIR]
         results_dir = Path(_option(config, "tp_results_dir") or "results")
+        chat = _option(config, "tp_apply_chat_template") or None
+        if chat is not None and chat not in ("auto", "on", "off"):
+            raise pytest.UsageError(f"--tp-apply-chat-template: expected auto, on or off, got {chat!r}")
         return cls(
             model=_option(config, "tp_model") or None,
             model_args=_option(config, "tp_model_args") or "",
@@ -202,6 +208,7 @@ class TpSession:
             budget=_option(config, "tp_budget") or "smoke",
             results_dir=results_dir if results_dir.is_absolute() else (root / results_dir),
             optimize=bool(_option(config, "tp_optimize")),
+            chat_template=chat,
         )
 
     @property
@@ -250,7 +257,8 @@ class TpSession:
 
             (spec,) = load_specs([task], self.spec_dirs, self.registries)
             caps = {"test": self.limit} if self.limit else None
-            self._prepared[task] = prepare_task(spec, sources=self.registries.tasks, caps=caps)
+            self._prepared[task] = prepare_task(spec, sources=self.registries.tasks, caps=caps,
+                                                apply_chat_template=self.chat_template)
         return self._prepared[task]
 
     def prompt(self, task: str, kind: str) -> PromptChoice:
@@ -329,7 +337,7 @@ class TpSession:
             model=self.model_name, model_args=self.model_args, reference_model=self.reference_model,
             sources=list(sources or [task]), targets=[task], budget=budget or self.budget, seed=seed,
             mode=mode or ("two_stage" if sources else "no_transfer"), results_dir=str(self.results_dir),
-            spec_dirs=[str(d) for d in self.spec_dirs],
+            spec_dirs=[str(d) for d in self.spec_dirs], apply_chat_template=self.chat_template,
         )
         self.backend  # noqa: B018 - load (and count) the scorer once; the optimizer reuses the process cache
         run, results = run_optimize(settings, self.registries)

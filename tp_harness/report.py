@@ -138,9 +138,11 @@ def _reproduce_lines(run_dir: Path, run: StoredRun, config: dict[str, Any]) -> l
     dtype = settings.get("dtype", "float32")
     model = settings.get("model") or config.get("model") or ""
     device = "cpu" if model.startswith(("embedded", "hf")) else "cuda"
-    chat = (config.get("scorer_identity") or {}).get("chat_template", "yes")
+    legacy_chat = bool((config.get("scorer_identity") or {}).get("chat_template", "yes"))  # runs before the switch
+    chat_by_task = config.get("chat_template") or {}
     lines += ["", "## Reproduce with stock lm-eval", "", "```bash"]
     for task in run.targets or sorted({str(e.get("task")) for e in run.evaluations}):
+        chat = chat_by_task.get(task, legacy_chat)
         lines.append(
             f"lm-eval run --model hf --model_args pretrained={checkpoint},dtype={dtype} --device {device} "
             f"--include_path {run_dir}/lm_eval_tasks --tasks {task}__tp_best {task}__tp_original"

@@ -22,7 +22,7 @@ from typing import Any
 from .backends import DEFAULT_MODEL, LMBackend, parse_model_args, resolve_backend
 from .backends.base import REFERENCE_BASE_MODEL_FIX, REFERENCE_BASE_MODEL_PROBLEM
 from .errors import BackendError, RunError, UsageError
-from .evaluator import EvalJob, Evaluation, PreparedTask, evaluate_jobs, prepare_task
+from .evaluator import EvalJob, Evaluation, PreparedTask, evaluate_jobs, prepare_task, uses_chat_template
 from .export import export_task_yaml, lm_eval_results
 from .hookspecs import Registries
 from .journal import RunDir, make_run_id
@@ -62,6 +62,7 @@ class OptimizeSettings:
     allow_data_outside_spec_dir: bool = False
     #: rebuild ``<results>/LEADERBOARD.md`` when the run ends; a sweep turns it off and builds it once at its end
     leaderboard: bool = True
+    apply_chat_template: str | None = None  # auto | on | off; None: each spec's tp.apply_chat_template
 
 
 def spec_index(spec_dirs: Sequence[str | Path] = ()) -> dict[str, Path]:
@@ -338,8 +339,10 @@ def _prepare(settings: OptimizeSettings, registries: Registries, *, run: RunDir 
                               allow_data_outside=outside)
     target_specs = load_specs(settings.targets, settings.spec_dirs, registries, allow_data_outside=outside)
     caps = budget.caps()
-    sources = [prepare_task(s, sources=registries.tasks, mode=settings.scoring_mode, caps=caps) for s in source_specs]
-    targets = [prepare_task(s, sources=registries.tasks, mode=settings.scoring_mode, caps=caps) for s in target_specs]
+    sources = [prepare_task(s, sources=registries.tasks, mode=settings.scoring_mode, caps=caps,
+                            apply_chat_template=settings.apply_chat_template) for s in source_specs]
+    targets = [prepare_task(s, sources=registries.tasks, mode=settings.scoring_mode, caps=caps,
+                            apply_chat_template=settings.apply_chat_template) for s in target_specs]
     check_cache_dir(settings.cache)
     for task in [*sources, *targets]:
         check_instruction_before_load(settings.model, settings.model_args, registries, task.spec.tp.instruction,
@@ -373,6 +376,7 @@ def _prepare(settings: OptimizeSettings, registries: Registries, *, run: RunDir 
             "seed": settings.seed, "sources": [s.name for s in sources], "targets": [t.name for t in targets],
             "specs": {s.name: str(s.spec.path) for s in [*sources, *targets]},
             "scoring_modes": {s.name: s.mode for s in [*sources, *targets]},
+            "chat_template": {s.name: uses_chat_template(s, scorer) for s in [*sources, *targets]},
             "argv": sys.argv, "versions": _versions(),
         }
         run = RunDir.create(Path(settings.results_dir) / "runs", run_id, config)
@@ -418,7 +422,8 @@ def finish_run(ctx: RunContext, outcome: RunOutcome, *, results_root: Path,
         for kind, ev in t.evaluations.items():
             evaluations.append(_evaluation_dict(ev, kind, run))
         best = t.prompts.get("best_target") or t.prompts.get("best_source") or t.prompts["original"]
-        export_prepared_task(export_dir, prep, {"original": t.prompts["original"], "best": best}, ctx.registries)
+        export_prepared_task(export_dir, prep, {"original": t.prompts["original"], "best": best}, ctx.registries,
+                             chat_template=uses_chat_template(prep, ctx.scorer))
     tp = {
         "run_id": run.run_id, "model": config["model"], "reference_model": config["reference_model"],
         "mode": ctx.mode, "budget": ctx.budget.name, "seed": ctx.seed,
@@ -442,17 +447,21 @@ def finish_run(ctx: RunContext, outcome: RunOutcome, *, results_root: Path,
 
 
 def export_prepared_task(export_dir: Path, prep: PreparedTask, prompts: Mapping[str, str],
-                         registries: Registries) -> list[Path]:
+                         registries: Registries, *, chat_template: bool = False) -> list[Path]:
     """Export ``prompts`` (``{kind: instruction}``; kinds ``original``, ``best``) of one prepared task as stock
     lm-eval tasks ``<task>__tp_<kind>`` over its test split, scored with the registered metrics, the task's
     composite weights and answer parser exactly as the evaluator scored them (:func:`tp_harness.export.export_task_yaml`).
+
+    :param chat_template: whether the harness rendered the task with the chat template (recorded in the YAML, which
+        stock lm-eval then runs with ``--apply_chat_template``).
 
     :return: the written paths.
     """
     configs = {kind: prep.spec.lm_eval_config(prep.mode, instruction=text) for kind, text in prompts.items()}
     return export_task_yaml(export_dir, task=prep.name, configs=configs, test_docs=prep.splits["test"],
                             metric_defs={e.name: e.item for e in registries.metrics.entries()}, weights=prep.weights,
-                            answer_format=prep.answer_format.model_dump() if prep.answer_format else None)
+                            answer_format=prep.answer_format.model_dump() if prep.answer_format else None,
+                            apply_chat_template=chat_template)
 
 
 def _validation_composite(run: RunDir, task: str, prompt: str | None) -> float | None:
@@ -535,11 +544,13 @@ def evaluate_prompt(
     seed_caps: dict[str, int] | None = None,
     cache: bool = True,
     allow_data_outside: bool = False,
+    apply_chat_template: str | None = None,
 ) -> tuple[PreparedTask, Evaluation]:
     """Evaluate one instruction (default: the task's original) on one split of one task.
 
     Everything is checked before the model loads: the limit, the model args, the spec, every doc of every
     split and the cache folder; the instruction's length in tokens right after (it needs the tokenizer).
+    :param apply_chat_template: ``auto``, ``on`` or ``off`` (default: the spec's ``tp.apply_chat_template``).
 
     :return: the prepared task and the :class:`Evaluation` (records and metrics).
     :raises UsageError: ``limit`` < 1, unknown model args, or an instruction longer than the model's window.
@@ -554,7 +565,8 @@ def evaluate_prompt(
     caps = dict(seed_caps or {})
     if limit is not None:
         caps[split] = limit
-    prep = prepare_task(spec, sources=registries.tasks, mode=scoring_mode, caps=caps)
+    prep = prepare_task(spec, sources=registries.tasks, mode=scoring_mode, caps=caps,
+                        apply_chat_template=apply_chat_template)
     check_cache_dir(cache)
     instruction = spec.tp.instruction if prompt is None else prompt
     check_instruction_before_load(model, model_args, registries, instruction, what="the instruction")

@@ -49,13 +49,14 @@ __all__ = [
     "SplitsBlock",
     "TaskSpec",
     "TpBlock",
+    "UpstreamBlock",
     "discover_specs",
     "lm_eval_field_names",
     "load_spec",
 ]
 
 #: Metric names a spec may weight when no metric registry is passed in.
-DEFAULT_METRIC_NAMES: frozenset[str] = frozenset({"acc", "ifr", "ece", "auroc", "pr_p", "pr_n"})
+DEFAULT_METRIC_NAMES: frozenset[str] = frozenset({"acc", "acc_norm", "ifr", "ece", "auroc", "pr_p", "pr_n"})
 
 
 def _builtin_spec_dir() -> Path:
@@ -180,6 +181,24 @@ class LicenseBlock(_Strict):
     flags: list[str] = Field(default_factory=list)
 
 
+class UpstreamBlock(_Strict):
+    """``tp.upstream``: lm-eval's own task for the same dataset, which the spec's format follows.
+
+    The conformance test (tests/test_conformance.py) runs that task in stock lm-eval on the spec's test docs and
+    checks that tp-harness measures the same ACC. ``fields`` lists where the spec deviates on purpose, with the
+    upstream values: the test scores the spec with them put back, so it still compares like with like.
+    """
+
+    task_yaml: str = Field(
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$",
+        description="the upstream task's YAML, relative to lm-eval's tasks/ directory, e.g. arc/arc_challenge.yaml",
+    )
+    fields: dict[str, Any] = Field(
+        default_factory=dict,
+        description="lm-eval fields where this spec deviates: the upstream's values (e.g. doc_to_choice: [A, B, C, D])",
+    )
+
+
 class _LmEvalFields(BaseModel):
     """The lm-eval fields whose types tp-harness checks; any other TaskConfig field passes through."""
 
@@ -235,6 +254,14 @@ class TpBlock(_Strict):
         description="split sizes, e.g. {seed: 1234, optimize: 64, validation: 64, test: 128}"
     )
     modes: dict[OutputType, ModeOverride] = Field(default_factory=dict)
+    upstream: UpstreamBlock | None = Field(
+        default=None, description="lm-eval's own task for this dataset (its format is the reference)"
+    )
+    apply_chat_template: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="render with the scorer's chat template (lm-eval's --apply_chat_template): auto (off for "
+        "multiple_choice, on for generate_until with a chat model), on or off; the CLI flag overrides it",
+    )
     metric_weights: dict[str, float] = Field(default_factory=dict, description="empty means the defaults")
     gates: list[str] = Field(default_factory=list, description="pytest gates, e.g. 'acc >= 0.3'")
     license: LicenseBlock | None = None
@@ -252,6 +279,12 @@ class TpBlock(_Strict):
             if mode != "generate_until" and override.answer_format is not None:
                 raise _LocatedError("applies to generate_until only", mode, "answer_format")
         return modes
+
+    @field_validator("apply_chat_template", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare ``on`` / ``off`` as a boolean: take it as meant."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("metric_weights")
     @classmethod

@@ -36,7 +36,7 @@ EXPECTED_KINDS = {
 }
 #: settings that must match between a sweep and a run directory it reuses
 MATCHED_SETTINGS = ("model", "model_args", "targets", "mode", "budget", "seed", "sources", "scoring_mode",
-                    "reference_model", "reference_model_args", "reference_share", "optimizer")
+                    "reference_model", "reference_model_args", "reference_share", "optimizer", "apply_chat_template")
 
 
 @dataclass
@@ -64,6 +64,7 @@ class SweepSettings:
     dtype: str = "float32"
     batch_size: str = "16"
     cache: bool = True
+    apply_chat_template: str | None = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,8 @@ def run_settings(settings: SweepSettings, item: SweepItem) -> OptimizeSettings:
         budget=settings.budget, seed=settings.seed, mode=item.mode, scoring_mode=settings.scoring_mode,
         results_dir=settings.results_dir, spec_dirs=list(settings.spec_dirs), dtype=settings.dtype,
         batch_size=settings.batch_size, run_id=item.run_id, reference_share=settings.reference_share,
-        cache=settings.cache, leaderboard=False,  # built once, at the end of the sweep
+        cache=settings.cache, apply_chat_template=settings.apply_chat_template,
+        leaderboard=False,  # built once, at the end of the sweep
     )
 
 
@@ -164,7 +166,9 @@ def run_state(run_dir: Path, item: SweepItem) -> str:
 
 def _check_same_settings(run_dir: Path, planned: OptimizeSettings) -> None:
     """:raises RunError: the run directory was made with other settings than this sweep's."""
-    saved: dict[str, Any] = RunDir.open(run_dir).config().get("settings") or {}
+    saved: dict[str, Any] = dict(RunDir.open(run_dir).config().get("settings") or {})
+    if saved and "apply_chat_template" not in saved:  # made before the switch: the chat template on every prompt
+        saved["apply_chat_template"] = "on"
     wanted = vars(planned)
     diff = [k for k in MATCHED_SETTINGS if k in saved and saved[k] != wanted[k]
             and not (k == "sources" and planned.mode == "no_transfer")]
