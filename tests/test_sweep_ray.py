@@ -232,3 +232,29 @@ def test_check_cluster_and_grouping_without_ray():
     check_cluster(groups, [{"CPU": 1}, {"CPU": 1}], {"CPU": 2.0}, None)
     with pytest.raises(UsageError, match=r"model group 'b' asks for slot: 1, the cluster has 0"):
         check_cluster(groups, [{"CPU": 1}, {"slot": 1}], {"CPU": 2.0}, "auto")
+
+
+def test_a_run_locked_by_another_process_is_refused_naming_the_holder(tmp_path, registries, fresh_ray):
+    """The run lock across Ray workers: while this process holds a run's lock, the worker's resume is refused with
+    the holder named (a deliberate error: reported, not retried); once released, the same sweep finishes it."""
+    import socket
+
+    from tp_harness.journal import RunDir
+
+    grid = replace(GRID, targets=["legalbench_hearsay"], modes=["no_transfer"], results_dir=str(tmp_path))
+    assert not run_sweep(grid, registries).failed
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    (run_dir / "results.json").unlink()  # interrupted after its journal: the next sweep resumes it
+    holder = RunDir.open(run_dir)
+    holder.lock()
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, object_store_memory=80 * 2**20,
+             runtime_env={"env_vars": _worker_env()})
+    try:
+        refused = run_sweep_on_ray(grid, RayOptions(max_retries=2))
+    finally:
+        holder.unlock()
+    ((run_id, message),) = refused.failed
+    assert run_id == run_dir.name and f"in use by pid {os.getpid()}" in message and socket.gethostname() in message
+    assert not (run_dir / "results.json").exists()
+    done = run_sweep_on_ray(grid, RayOptions())
+    assert done.resumed == [run_dir.name] and not done.failed and (run_dir / "results.json").is_file()
