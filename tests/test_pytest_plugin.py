@@ -129,7 +129,7 @@ def test_malformed_gate_is_a_collection_error_naming_file_and_gate(pytester):
 def test_unknown_metric_in_gate_names_the_known_ones(pytester):
     _write_tiny(pytester.path, gates='"accuracy >= 0.3"')
     result = pytester.runpytest_subprocess(*MODEL_ARGS, "--co")
-    assert "names unknown metric 'accuracy'; known: acc, auroc, composite, ece, ifr, pr_n, pr_p" in result.stdout.str()
+    assert "names unknown metric 'accuracy'; known: acc, acc_norm, auroc, composite, ece, ifr, pr_n, pr_p" in result.stdout.str()
 
 
 def test_collection_ids_filters_and_inactive_plugin(pytester):
