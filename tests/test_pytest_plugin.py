@@ -37,7 +37,8 @@ tp:
   splits: {seed: 3, optimize: 8, validation: 8, test: 8}
   gates: [%s]
 """
-GATES = '"acc >= 0.2", "acc >= 0.95", "ifr >= 0.5", "composite >= original - 1.0"'
+# acc >= 0.1: without the chat template (the multiple_choice default) the 135M scorer gets 1 of these 8 docs right
+GATES = '"acc >= 0.1", "acc >= 0.95", "ifr >= 0.5", "composite >= original - 1.0"'
 
 MODEL_ARGS = ["--tp-model=embedded:smollm2-135m", "-p", "no:cacheprovider"]
 
@@ -107,13 +108,13 @@ def test_real_session_gates_example_fixtures_reports_and_one_model_load(pytester
     junit = ET.parse(pt.path / "junit.xml").getroot()
     cases = {c.get("name"): {p.get("name"): p.get("value") for p in c.iter("property")}
              for c in junit.iter("testcase")}
-    props = cases["acc>=0.2[original]"]
-    assert props["tp_task"] == "tiny_csqa" and props["tp_n"] == "8" and props["tp_threshold"] == "0.2"
+    props = cases["acc>=0.1[original]"]
+    assert props["tp_task"] == "tiny_csqa" and props["tp_n"] == "8" and props["tp_threshold"] == "0.1"
     assert 0.0 <= float(props["tp_acc"]) <= 1.0 and 0.0 <= float(props["tp_ece"]) <= 1.0
 
     # --tp-optimize stored a run under the results dir and the [best] items used its prompt
     assert sorted((pt.path / "results" / "runs").glob("*/results.json"))
-    assert cases["acc>=0.2[best]"]["tp_prompt_origin"].startswith("--tp-optimize run ")
+    assert cases["acc>=0.1[best]"]["tp_prompt_origin"].startswith("--tp-optimize run ")
 
 
 def test_malformed_gate_is_a_collection_error_naming_file_and_gate(pytester):
@@ -128,7 +129,7 @@ def test_malformed_gate_is_a_collection_error_naming_file_and_gate(pytester):
 def test_unknown_metric_in_gate_names_the_known_ones(pytester):
     _write_tiny(pytester.path, gates='"accuracy >= 0.3"')
     result = pytester.runpytest_subprocess(*MODEL_ARGS, "--co")
-    assert "names unknown metric 'accuracy'; known: acc, auroc, composite, ece, ifr, pr_n, pr_p" in result.stdout.str()
+    assert "names unknown metric 'accuracy'; known: acc, acc_norm, auroc, composite, ece, ifr, pr_n, pr_p" in result.stdout.str()
 
 
 def test_collection_ids_filters_and_inactive_plugin(pytester):
@@ -136,8 +137,8 @@ def test_collection_ids_filters_and_inactive_plugin(pytester):
     result = pytester.runpytest_subprocess(*MODEL_ARGS, "--co", "-q")
     ids = [line for line in result.stdout.lines if "::" in line]
     assert ids == [
-        "task_specs/tiny_csqa.yaml::tiny_csqa::acc>=0.2[original]",
-        "task_specs/tiny_csqa.yaml::tiny_csqa::acc>=0.2[best]",
+        "task_specs/tiny_csqa.yaml::tiny_csqa::acc>=0.1[original]",
+        "task_specs/tiny_csqa.yaml::tiny_csqa::acc>=0.1[best]",
         "task_specs/tiny_csqa.yaml::tiny_csqa::acc>=0.95[original]",
         "task_specs/tiny_csqa.yaml::tiny_csqa::acc>=0.95[best]",
         "task_specs/tiny_csqa.yaml::tiny_csqa::ifr>=0.5[original]",
