@@ -58,7 +58,9 @@ def test_a_spec_sets_its_default_and_the_flag_overrides_it(registries, tmp_path)
     text = spec.path.read_text(encoding="utf-8").replace("    domain: financial", "    apply_chat_template: on\n    domain: financial")
     path = tmp_path / "fpb_chat.yaml"
     path.write_text(text.replace("task: financial_phrasebank", "task: fpb_chat"), encoding="utf-8")
-    (tmp_path / "data").symlink_to(spec.data_dir / "data")  # tp.data.files are relative to the spec
+    import shutil  # tp.data.files are relative to the spec and must stay inside its directory (no symlink out)
+
+    shutil.copytree(spec.data_dir / "data" / "financial_phrasebank", tmp_path / "data" / "financial_phrasebank")
     (chatty,) = load_specs(["fpb_chat"], [str(tmp_path)], registries)
     assert chatty.tp.apply_chat_template == "on"
     assert prepare_task(chatty, sources=registries.tasks, caps={"test": 1}).chat_template == "on"
