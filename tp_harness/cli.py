@@ -126,16 +126,6 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
-    return value
-
-
 def _resources(text: str) -> dict[str, float]:
     """``slot=1,accel=0.5`` -> ``{"slot": 1.0, "accel": 0.5}`` (Ray custom resources)."""
     out: dict[str, float] = {}
@@ -249,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "model, on a Ray cluster; pip install 'tp-harness[ray]'; docs/scaling.md)")
     sw.add_argument("--ray-address", default=None,
                     help="the Ray cluster to join (auto, ray://HOST:10001); default: start a local one")
-    sw.add_argument("--ray-max-retries", type=_nonnegative_int, default=3,
+    sw.add_argument("--ray-max-retries", type=_non_negative_int, default=3,
                     help="re-runs of a model group whose worker or node died; each resumes from the journals")
     sw.add_argument("--ray-num-cpus", type=float, default=1.0,
                     help="CPUs per model group of a non-vLLM model (default 1; vllm asks for tensor_parallel_size GPUs)")
