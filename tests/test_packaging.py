@@ -36,7 +36,7 @@ def _readme_commands() -> dict[str, str]:
         match = re.match(r"#\s*(\d+)\.", line.strip())
         if match:
             number = match.group(1)
-        elif line.strip() and number is not None and number not in commands:
+        elif line.strip() and not line.strip().startswith("#") and number is not None and number not in commands:
             commands[number] = line.strip()
     return commands
 
