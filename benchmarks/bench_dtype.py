@@ -37,7 +37,7 @@ def main() -> None:
 
     registries = build_registries()
     specs = load_specs(args.tasks.split(","), [], registries)
-    preps = [prepare_task(s, sources=registries.tasks, caps={"test": args.docs}) for s in specs]
+    preps = [prepare_task(s, data_formats=registries.data_formats, caps={"test": args.docs}) for s in specs]
     jobs = [EvalJob(p, "test", p.spec.tp.instruction) for p in preps]
     requests = sum(len(p.task.doc_to_choice(d)) for p in preps for d in p.splits["test"])
 

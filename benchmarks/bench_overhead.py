@@ -48,7 +48,7 @@ def main() -> None:
     reqs = []
     for task in args.tasks.split(","):
         (spec,) = load_specs([task], [], registries)
-        prep = prepare_task(spec, sources=registries.tasks, caps={"test": args.docs})
+        prep = prepare_task(spec, data_formats=registries.data_formats, caps={"test": args.docs})
         for i, doc in enumerate(prep.splits["test"]):
             ctx = render_context(prep, backend, instruction=spec.tp.instruction, split="test", doc_id=i)
             reqs += prep.task.construct_requests(doc=doc, ctx=ctx, metadata=(task, i, 1), apply_chat_template=True)

@@ -25,7 +25,7 @@ The last line printed is the summary, e.g.
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import json
 import logging
 import os
@@ -66,26 +66,25 @@ def run_one(registries, budget, *, task: str, seed: int, results_dir: Path, dtyp
     from tp_harness.backends.cache import open_cache
     from tp_harness.evaluator import count_scorer_requests
     from tp_harness.optimizer.budget import BUDGETS
-    from tp_harness.runner import OptimizeSettings, run_optimize
+    from tp_harness.runner import OptimizeSettings, _call_counts, finish_run, prepare_run
 
     BUDGETS[budget.name] = budget  # prepare_run looks the budget up by name
-    seen: dict = {}
-
-    def on_projection(projection, ctx) -> None:
-        reference = copy.copy(ctx.scorer)  # same model, own cache and counters
-        reference.cache = open_cache(reference_cache)
-        reference.issued = dict.fromkeys(ctx.scorer.issued, 0)
-        reference.computed = dict.fromkeys(ctx.scorer.computed, 0)
-        ctx.reference = reference
-        seen.update(projection=projection, ctx=ctx, before=dict(ctx.scorer.computed))
-
     settings = OptimizeSettings(targets=[task], sources=[], mode="no_transfer", budget=budget.name, seed=seed,
-                                results_dir=str(results_dir), run_id=run_id, dtype=dtype,
-                                cache=False)
+                                results_dir=str(results_dir), run_id=run_id, dtype=dtype, cache=False,
+                                leaderboard=False)
     t0 = time.perf_counter()
-    run, results = run_optimize(settings, registries, on_projection=on_projection)
+    ctx, projection = prepare_run(settings, registries)
+    try:
+        # the reference LLM: a wrapper of the same loaded model with a response cache of its own (a new context;
+        # the one prepare_run built is not changed)
+        ctx = dataclasses.replace(ctx, reference=ctx.scorer.with_options(cache=open_cache(reference_cache)))
+        outcome = registries.optimizers.get("transfer").run(ctx)
+        calls = {**_call_counts(ctx), "projected_scorer_requests": projection.scorer_requests}
+        results = finish_run(ctx, outcome, results_root=Path(results_dir), calls=calls, skip_reporters=("leaderboard",))
+    finally:
+        ctx.run.unlock()
+    run = ctx.run
     wall = time.perf_counter() - t0
-    ctx = seen["ctx"]
     assert ctx.scorer.cache is None, "the scorer must not use the response cache in this benchmark"
     prep = ctx.targets[0]
     per_doc = count_scorer_requests(prep, "optimize") / len(prep.splits["optimize"])  # label words: constant

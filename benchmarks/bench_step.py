@@ -55,7 +55,7 @@ def main() -> None:
     registries = build_registries()
     backend = build_backend("embedded:smollm2-135m", "", registries, dtype="float32", batch_size="16", cache=False)
     (spec,) = load_specs([args.task], [], registries)
-    prep = prepare_task(spec, sources=registries.tasks, caps={"test": args.docs})
+    prep = prepare_task(spec, data_formats=registries.data_formats, caps={"test": args.docs})
     prompts = CANDIDATES[: args.candidates]
     n_docs = len(prep.splits["test"])
     requests = sum(len(prep.task.doc_to_choice(d)) for d in prep.splits["test"]) * len(prompts)

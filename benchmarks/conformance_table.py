@@ -73,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
             (spec,) = load_specs([name], [], registries)
             result = check_conformance(spec, backend, registries, stock=stock,
                                        work_dir=Path(tempfile.mkdtemp(prefix="tpconf-")), limit=args.docs)
-            jobs = [EvalJob(prepare_task(spec, sources=registries.tasks, caps={"test": args.docs},
+            jobs = [EvalJob(prepare_task(spec, data_formats=registries.data_formats, caps={"test": args.docs},
                                          apply_chat_template="off"), "test", spec.tp.instruction)]
             if backend.has_chat_template:
-                jobs.append(EvalJob(prepare_task(spec, sources=registries.tasks, caps={"test": args.docs},
+                jobs.append(EvalJob(prepare_task(spec, data_formats=registries.data_formats, caps={"test": args.docs},
                                                  apply_chat_template="on"), "test", spec.tp.instruction))
             evs = evaluate_jobs(backend, jobs, metrics=registries.metrics)
             row = {"model": model, "task": name, "upstream": spec.tp.upstream.task_yaml, "n": result.n,

@@ -41,7 +41,7 @@ from tp_harness.runner import build_backend, load_specs
 ckpt, task, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
 reg = build_registries(get_plugin_manager(entry_points=False))
 spec = load_specs([task], [], reg)[0]
-prep = prepare_task(spec, sources=reg.tasks, mode="multiple_choice", caps={"test": limit})
+prep = prepare_task(spec, data_formats=reg.data_formats, mode="multiple_choice", caps={"test": limit})
 out = {}
 for name, args in (("vllm", f"pretrained={ckpt},gpu_memory_utilization=0.3,max_model_len=2048"),
                    ("hf", f"pretrained={ckpt},device=cuda")):

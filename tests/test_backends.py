@@ -28,7 +28,7 @@ def test_hf_backend_on_a_local_checkpoint_scores_like_the_embedded_one(embedded_
                           dtype="float32", batch_size="16")
     assert local is not embedded_backend and local.name == "hf"
     spec = load_specs(["financial_phrasebank"], [], registries)[0]
-    prep = prepare_task(spec, sources=registries.tasks, caps={"test": 6})
+    prep = prepare_task(spec, data_formats=registries.data_formats, caps={"test": 6})
     (a,) = evaluate_jobs(embedded_backend, [EvalJob(prep, "test", spec.tp.instruction)], metrics=registries.metrics)
     (b,) = evaluate_jobs(local, [EvalJob(prep, "test", spec.tp.instruction)], metrics=registries.metrics)
     assert [r.parsed_answer for r in a.records] == [r.parsed_answer for r in b.records]
@@ -50,7 +50,7 @@ def test_unknown_embedded_model_lists_the_zoo(registries):
 
 def test_generate_until_mode_parses_verbalized_answers(embedded_backend, registries):
     spec = load_specs(["mmlu_general"], [], registries)[0]
-    prep = prepare_task(spec, sources=registries.tasks, mode="generate_until", caps={"test": 2})
+    prep = prepare_task(spec, data_formats=registries.data_formats, mode="generate_until", caps={"test": 2})
     (ev,) = evaluate_jobs(embedded_backend, [EvalJob(prep, "test", spec.tp.instruction)], metrics=registries.metrics)
     assert ev.mode == "generate_until" and ev.n == 2
     assert all(isinstance(r.response, str) and r.followed in (True, False) for r in ev.records)
@@ -68,4 +68,28 @@ def test_reference_llm_sampling_is_seeded(embedded_backend):
 def test_the_model_is_built_once_per_process(embedded_backend, registries):
     before = hf.LOAD_COUNT["hflm"]
     again = build_backend("embedded:smollm2-135m", "", registries, dtype="float32", batch_size="16")
-    assert again is embedded_backend and hf.LOAD_COUNT["hflm"] == before
+    assert again.lm is embedded_backend.lm and hf.LOAD_COUNT["hflm"] == before
+
+
+def test_two_builds_return_independent_wrappers_over_one_model(embedded_backend, registries, tmp_path):
+    """Issue 14: build_backend memoizes only the loaded model; each wrapper's cache, counters and identity are its own."""
+    import dataclasses
+
+    before = hf.LOAD_COUNT["hflm"]
+    cached = build_backend("embedded:smollm2-135m", "", registries, dtype="float32", batch_size="16", cache=True)
+    uncached = build_backend("embedded:smollm2-135m", "", registries, dtype="float32", batch_size="16", cache=False)
+    assert hf.LOAD_COUNT["hflm"] == before  # the model loads once
+    assert cached is not uncached and cached.lm is uncached.lm
+    assert cached.cache is not None and uncached.cache is None  # one's cache setting does not leak into the other
+    assert cached.identity == uncached.identity and cached.identity is not uncached.identity
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cached.cache = None  # fixed when built
+    from lm_eval.api.instance import Instance
+
+    req = Instance(request_type="loglikelihood", doc={}, arguments=("The sky is", " blue"), idx=0)
+    uncached.loglikelihood([req])
+    assert uncached.issued["loglikelihood"] == 1 and cached.issued["loglikelihood"] == 0  # counters are per wrapper
+    hf_backend = build_backend("hf", f"pretrained={embedded_backend.checkpoint}", registries, dtype="float32",
+                               batch_size="16")
+    assert hf.LOAD_COUNT["hflm"] == before and hf_backend.lm is cached.lm
+    assert hf_backend.name == "hf" and hf_backend.identity["backend"] == "hf"  # the same model, its own label

@@ -684,7 +684,7 @@ def test_survived_stock_lm_eval_loads_and_runs_an_adversarial_export_and_nothing
     from tp_harness.specs import load_spec
 
     specs = make_task(tmp_path / "specs")
-    prep = prepare_task(load_spec(specs / "tiny.yaml"), sources=registries.tasks)
+    prep = prepare_task(load_spec(specs / "tiny.yaml"), data_formats=registries.data_formats)
     export = tmp_path / "export"
     best = "Answer yes or no. " + ENDRAW_EXPLOIT + " " + ADVERSARIAL[2]
     export_prepared_task(export, prep, {"original": prep.spec.tp.instruction, "best": best}, registries)

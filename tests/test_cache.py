@@ -182,20 +182,14 @@ def test_cached_and_uncached_scores_are_identical_on_the_real_model(tmp_path, re
     from tp_harness.runner import load_specs
 
     (spec,) = load_specs(["commonsenseqa"], [], registries)
-    prep = prepare_task(spec, sources=registries.tasks, caps={"test": 8})
+    prep = prepare_task(spec, data_formats=registries.data_formats, caps={"test": 8})
     jobs = [EvalJob(prep, "test", spec.tp.instruction), EvalJob(prep, "test", "Pick the most sensible answer.")]
-    saved = embedded_backend.cache
-    try:
-        embedded_backend.cache = None
-        uncached = evaluate_jobs(embedded_backend, jobs, metrics=registries.metrics)
-        embedded_backend.cache = ResponseCache(tmp_path / "c.sqlite")
-        before = dict(embedded_backend.computed)
-        cold = evaluate_jobs(embedded_backend, jobs, metrics=registries.metrics)
-        cold_computed = embedded_backend.computed["loglikelihood"] - before["loglikelihood"]
-        warm = evaluate_jobs(embedded_backend, jobs, metrics=registries.metrics)
-        warm_computed = embedded_backend.computed["loglikelihood"] - before["loglikelihood"] - cold_computed
-    finally:
-        embedded_backend.cache = saved
+    uncached = evaluate_jobs(embedded_backend.with_options(cache=None), jobs, metrics=registries.metrics)
+    backend = embedded_backend.with_options(cache=ResponseCache(tmp_path / "c.sqlite"))  # counters start at 0
+    cold = evaluate_jobs(backend, jobs, metrics=registries.metrics)
+    cold_computed = backend.computed["loglikelihood"]
+    warm = evaluate_jobs(backend, jobs, metrics=registries.metrics)
+    warm_computed = backend.computed["loglikelihood"] - cold_computed
     requests = sum(len(prep.task.doc_to_choice(d)) for d in prep.splits["test"]) * 2
     assert cold_computed == requests and warm_computed == 0
     for u, c, w in zip(uncached, cold, warm):

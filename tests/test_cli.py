@@ -62,7 +62,7 @@ def test_tasks_lists_shipped_specs(capsys):
 def test_plugins_lists_builtins_of_every_kind(capsys):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
-    for kind, name in [("task", "jsonl"), ("metric", "ece"), ("backend", "embedded"), ("optimizer", "transfer"),
+    for kind, name in [("data_format", "jsonl"), ("metric", "ece"), ("backend", "embedded"), ("optimizer", "transfer"),
                        ("reporter", "leaderboard")]:
         assert any([c.strip() for c in line.split("|")[1:3]] == [kind, name] for line in out.splitlines()
                    if line.startswith("|")), (kind, name)

@@ -121,7 +121,7 @@ def test_prefix_sharing_scorer_agrees_with_lm_eval_on_gemma_incl_the_sliding_win
     assert scorer.max_packed == 512 < scorer.max_length
 
     (spec,) = load_specs(["medqa_usmle"], [], registries)
-    prep = prepare_task(spec, sources=registries.tasks, mode="multiple_choice", caps={"test": 3})
+    prep = prepare_task(spec, data_formats=registries.data_formats, mode="multiple_choice", caps={"test": 3})
     reqs = []
     for i, doc in enumerate(prep.splits["test"]):
         ctx = render_context(prep, gemma, instruction=spec.tp.instruction, split="test", doc_id=i)

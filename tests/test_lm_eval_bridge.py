@@ -75,7 +75,7 @@ def test_stock_lm_eval_reports_the_harness_metrics_for_the_same_answers(mode, re
     from tp_harness.backends.base import LMBackend
 
     spec = load_specs([TASK], [], registries)[0]
-    prep = prepare_task(spec, sources=registries.tasks, mode=mode, caps={"optimize": 2, "validation": 2, "test": 24})
+    prep = prepare_task(spec, data_formats=registries.data_formats, mode=mode, caps={"optimize": 2, "validation": 2, "test": 24})
     lm = _double_lm()
     backend = LMBackend(name="double", lm=lm, identity={"backend": "double"})
     (ev,) = evaluate_jobs(backend, [EvalJob(prep, "test", INSTRUCTION)], metrics=registries.metrics)

@@ -43,7 +43,7 @@ def test_stock_lm_eval_builds_every_spec_on_the_harness_test_split() -> None:
         spec = load_spec(BUILTIN_SPEC_DIR / f"{name}.yaml")
         assert task.config.output_type == spec.output_type
         assert task.config.description == lm_eval_description(spec.tp.instruction)  # the original prompt
-        harness = prepare_task(spec, sources=registries.tasks).splits["test"]
+        harness = prepare_task(spec, data_formats=registries.data_formats).splits["test"]
         docs = [dict(doc) for doc in task.test_docs()]
         assert docs == harness, name
         assert [len(task.dataset[s]) for s in ("optimize", "validation", "test")] == [

@@ -34,10 +34,10 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_PKG = REPO / "tests" / "plugins" / "tp_example_plugin"
 EXAMPLE_SPECS = REPO / "tests" / "plugins" / "example_task"
 EXAMPLE_ITEMS = {
-    ("task", "example-lines"), ("metric", "brier"), ("backend", "example-shortest"),
+    ("data_format", "example-lines"), ("metric", "brier"), ("backend", "example-shortest"), ("backend", "example-logged"),
     ("optimizer", "example-greedy"), ("reporter", "example-report"),
 }
-KINDS = ("tasks", "metrics", "backends", "optimizers", "reporters")
+KINDS = ("data_formats", "metrics", "backends", "optimizers", "reporters")
 
 
 def _metric(value: float = 0.5) -> MetricDef:
@@ -191,7 +191,7 @@ def test_trace_env_logs_every_hook_call_with_its_plugin(monkeypatch, caplog) -> 
     monkeypatch.setenv("TP_HARNESS_PLUGINS", "")
     build_registries()
     trace = "\n".join(r.getMessage() for r in caplog.records if r.name == "tp_harness.plugins")
-    for hook in ("tp_register_tasks", "tp_register_metrics", "tp_register_backends", "tp_register_optimizers",
+    for hook in ("tp_register_data_formats", "tp_register_metrics", "tp_register_backends", "tp_register_optimizers",
                  "tp_register_reporters"):
         assert f"{hook} [hook]" in trace and f"finish {hook} -->" in trace
     assert "<Registry metric: 0 entries, adding as plugin 'tp_harness.metrics'>" in trace
@@ -317,3 +317,19 @@ def test_installed_example_plugin_end_to_end(installed_example, tmp_path) -> Non
     for name in ("report.md", "trajectory.png", "reliability.png"):  # built-in reporters ran as well
         assert (run_dir / name).is_file(), name
     assert (results_dir / "LEADERBOARD.md").is_file()
+
+
+def test_the_deprecated_tp_register_tasks_hook_still_registers_a_data_format_and_warns() -> None:
+    from tp_harness import DataFormatDef, hookimpl
+
+    class OldPlugin:
+        @hookimpl
+        def tp_register_tasks(self, registry):
+            registry.add("old-lines", DataFormatDef(load=lambda path: iter(())))
+
+    pm = get_plugin_manager(entry_points=False)
+    with pytest.warns(DeprecationWarning, match="implement tp_register_data_formats instead"):
+        pm.register(OldPlugin(), name="old")
+    regs = build_registries(pm)
+    assert "old-lines" in regs.data_formats and regs.tasks is regs.data_formats
+    assert regs.data_formats.entry("old-lines").plugin == "old"

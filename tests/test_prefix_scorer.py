@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tp_harness.backends.prefix_scorer import SCORER_ID, PrefixSharingScorer, attach_prefix_scorer
+from tp_harness.backends.prefix_scorer import SCORER_ID, PrefixSharingScorer, with_prefix_scorer
 
 
 class Req:
@@ -25,7 +25,7 @@ def requests_and_reference(registries, embedded_backend):
     reqs = []
     for task in ("commonsenseqa", "financial_phrasebank", "legalbench_hearsay"):
         (spec,) = load_specs([task], [], registries)
-        prep = prepare_task(spec, sources=registries.tasks, caps={"test": 4}, apply_chat_template="on")
+        prep = prepare_task(spec, data_formats=registries.data_formats, caps={"test": 4}, apply_chat_template="on")
         for i, doc in enumerate(prep.splits["test"]):
             ctx = render_context(prep, embedded_backend, instruction=spec.tp.instruction, split="test", doc_id=i)
             reqs += prep.task.construct_requests(doc=doc, ctx=ctx, metadata=(task, i, 1), apply_chat_template=True)
@@ -65,6 +65,6 @@ def test_lm_eval_scorer_can_be_forced(monkeypatch):
 
     monkeypatch.setenv("TP_HARNESS_SCORER", "lm-eval")
     backend = Backend()
-    assert attach_prefix_scorer(backend) is False and backend.fast_loglikelihood is None
+    assert with_prefix_scorer(backend) is backend and backend.fast_loglikelihood is None
     monkeypatch.delenv("TP_HARNESS_SCORER")
-    assert attach_prefix_scorer(backend) is False  # not an HFLM of a supported architecture
+    assert with_prefix_scorer(backend) is backend  # not an HFLM of a supported architecture

@@ -21,7 +21,7 @@ INSTRUCTION = "Classify the sentiment of the financial news sentence as negative
 
 def _prep(registries, task: str = "financial_phrasebank", *, mode: str | None = None, chat: str | None = None):
     spec = load_specs([task], [], registries)[0]
-    return prepare_task(spec, sources=registries.tasks, mode=mode, caps={"test": 2}, apply_chat_template=chat)
+    return prepare_task(spec, data_formats=registries.data_formats, mode=mode, caps={"test": 2}, apply_chat_template=chat)
 
 
 def test_auto_is_off_for_multiple_choice_and_on_for_generate_until_with_a_chat_model(registries, embedded_backend):
@@ -63,8 +63,8 @@ def test_a_spec_sets_its_default_and_the_flag_overrides_it(registries, tmp_path)
     shutil.copytree(spec.data_dir / "data" / "financial_phrasebank", tmp_path / "data" / "financial_phrasebank")
     (chatty,) = load_specs(["fpb_chat"], [str(tmp_path)], registries)
     assert chatty.tp.apply_chat_template == "on"
-    assert prepare_task(chatty, sources=registries.tasks, caps={"test": 1}).chat_template == "on"
-    assert prepare_task(chatty, sources=registries.tasks, caps={"test": 1}, apply_chat_template="off").chat_template == "off"
+    assert prepare_task(chatty, data_formats=registries.data_formats, caps={"test": 1}).chat_template == "on"
+    assert prepare_task(chatty, data_formats=registries.data_formats, caps={"test": 1}, apply_chat_template="off").chat_template == "off"
 
 
 #: what tp-harness reported before the switch (chat template always on): the committed sweep's original-prompt

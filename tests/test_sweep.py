@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tp_harness.errors import RunError, UsageError
+from tp_harness.runner import OptimizeSettings
 from tp_harness.sweep import SweepItem, SweepSettings, plan_sweep, run_state, run_sweep, sweep_run_id
 
 
@@ -68,7 +69,7 @@ def test_sweep_skips_finished_redoes_deleted_and_resumes_interrupted_runs(tmp_pa
 
     results = tmp_path / "results"
     settings = SweepSettings(models=["embedded:smollm2-135m"], targets=["financial_phrasebank", "legalbench_hearsay"],
-                             modes=["no_transfer"], budget="smoke", seed=5, results_dir=str(results))
+                             modes=["no_transfer"], run=OptimizeSettings(budget="smoke", seed=5, results_dir=str(results)))
     ids = [f"sweep-embedded-smollm2-135m-{t}-no_transfer-smoke-s5" for t in settings.targets]
     from tp_harness import leaderboard, report, sweep
 
@@ -118,5 +119,6 @@ def test_a_run_made_before_the_rendering_switch_is_not_reused_under_the_new_defa
     (run / "journal.jsonl").write_text("", encoding="utf-8")
     with pytest.raises(RunError, match=r"made with other settings: apply_chat_template='on' \(sweep: None\)"):
         _check_same_settings(run, run_settings(settings, item))
-    on = SweepSettings(models=["m"], targets=["fpb"], modes=["no_transfer"], apply_chat_template="on")
+    on = SweepSettings(models=["m"], targets=["fpb"], modes=["no_transfer"],
+                       run=OptimizeSettings(budget="smoke", apply_chat_template="on"))
     _check_same_settings(run, run_settings(on, item))  # the old rendering, asked for: reused

@@ -27,6 +27,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from tp_harness.errors import UsageError  # noqa: E402
+from tp_harness.runner import OptimizeSettings  # noqa: E402
 from tp_harness.sweep import SweepSettings, run_sweep  # noqa: E402
 from tp_harness.sweep_ray import RayOptions, check_cluster, group_by_model, run_sweep_on_ray  # noqa: E402
 
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.slow
 
 MODEL = "embedded:smollm2-135m"
 GRID = SweepSettings(models=[MODEL], targets=["financial_phrasebank", "legalbench_hearsay"],
-                     modes=["two_stage", "no_transfer"], budget="smoke", seed=0)
+                     modes=["two_stage", "no_transfer"], run=OptimizeSettings(budget="smoke", seed=0))
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the setup hooks below travel by value
 
@@ -71,7 +72,7 @@ def _journal_keys(run_dir: Path) -> list[tuple]:
 def sequential(tmp_path_factory, registries):
     """The reference: the same grid swept sequentially in this process."""
     results = tmp_path_factory.mktemp("sequential")
-    outcome = run_sweep(replace(GRID, results_dir=str(results)), registries)
+    outcome = run_sweep(replace(GRID, run=replace(GRID.run, results_dir=str(results))), registries)
     assert not outcome.failed and len(outcome.executed) == 4
     return results
 
@@ -80,13 +81,14 @@ def test_a_ray_sweep_equals_the_sequential_sweep(sequential, tmp_path, fresh_ray
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 2**20,
              runtime_env={"env_vars": _worker_env()})
     reports = []
-    outcome = run_sweep_on_ray(replace(GRID, results_dir=str(tmp_path)), RayOptions(), on_group=reports.append)
+    outcome = run_sweep_on_ray(replace(GRID, run=replace(GRID.run, results_dir=str(tmp_path))), RayOptions(),
+                               on_group=reports.append)
     assert not outcome.failed and sorted(outcome.executed) == sorted(p.name for p in (sequential / "runs").iterdir())
     assert len(reports) == 1 and reports[0]["pid"] != os.getpid()  # one task for the one model, in a worker
     assert _metrics(tmp_path) == _metrics(sequential)
     assert (tmp_path / "LEADERBOARD.md").read_text() == (sequential / "LEADERBOARD.md").read_text()
     assert not list((tmp_path / "cache-shards").glob("*.jsonl"))  # merged into the driver's cache, then removed
-    again = run_sweep_on_ray(replace(GRID, results_dir=str(tmp_path)), RayOptions())
+    again = run_sweep_on_ray(replace(GRID, run=replace(GRID.run, results_dir=str(tmp_path))), RayOptions())
     assert sorted(again.skipped) == sorted(outcome.executed) and not again.executed  # nothing sent to Ray
 
 
@@ -116,7 +118,7 @@ def test_a_worker_that_dies_is_retried_and_resumes_its_run(sequential, tmp_path,
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 2**20,
              runtime_env={"env_vars": _worker_env(TP_TEST_DIE_MARKER=str(marker), TP_TEST_DIE_AFTER="5"),
                           "worker_process_setup_hook": _die_once_after_rows})
-    grid = replace(GRID, results_dir=str(tmp_path / "results"))
+    grid = replace(GRID, run=replace(GRID.run, results_dir=str(tmp_path / "results")))
     outcome = run_sweep_on_ray(grid, RayOptions(max_retries=2))
     assert marker.is_file(), "the worker never died: the test did not test a retry"
     assert not outcome.failed, outcome.failed
@@ -134,8 +136,8 @@ def test_a_node_removed_mid_run_is_rescheduled_and_finishes(sequential, tmp_path
     try:
         first = cluster.add_node(num_cpus=1, resources={"worker": 1}, object_store_memory=80 * 2**20)
         ray.init(address=cluster.address, log_to_driver=False, runtime_env={"env_vars": _worker_env()})
-        grid = replace(GRID, targets=["legalbench_hearsay"], modes=["no_transfer"], results_dir=str(tmp_path),
-                       cache=False)  # no cache: the run is slow enough to be cut in the middle
+        grid = replace(GRID, targets=["legalbench_hearsay"], modes=["no_transfer"],
+                       run=replace(GRID.run, results_dir=str(tmp_path), cache=False))  # no cache: slow enough to cut
         result: dict = {}
         thread = threading.Thread(target=lambda: result.update(
             outcome=run_sweep_on_ray(grid, RayOptions(max_retries=3, resources={"worker": 1}))))
@@ -188,7 +190,8 @@ def test_groups_pack_onto_custom_resource_slots(tmp_path, fresh_ray):
              object_store_memory=100 * 2**20,
              runtime_env={"env_vars": _worker_env(), "worker_process_setup_hook": _slow_groups})
     grid = SweepSettings(models=["no-such-backend-a", "no-such-backend-b", "no-such-backend-c"],
-                         targets=["financial_phrasebank"], budget="smoke", results_dir=str(tmp_path))
+                         targets=["financial_phrasebank"],
+                         run=OptimizeSettings(budget="smoke", results_dir=str(tmp_path)))
     reports: list[dict] = []
     outcome = run_sweep_on_ray(grid, RayOptions(resources={"slot": 1}), on_group=reports.append)
     assert len(reports) == 3 and len(outcome.failed) == 3
@@ -201,8 +204,8 @@ def test_groups_pack_onto_custom_resource_slots(tmp_path, fresh_ray):
 
 def test_gpus_asked_of_a_cpu_only_cluster_are_refused_at_once(tmp_path, fresh_ray):
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, object_store_memory=80 * 2**20)
-    grid = SweepSettings(models=["vllm"], model_args="pretrained=/models/m,tensor_parallel_size=2",
-                         targets=["financial_phrasebank"], results_dir=str(tmp_path))
+    grid = SweepSettings(models=["vllm"], targets=["financial_phrasebank"], run=OptimizeSettings(
+        model_args="pretrained=/models/m,tensor_parallel_size=2", results_dir=str(tmp_path)))
     started = time.monotonic()
     with pytest.raises(UsageError) as err:
         run_sweep_on_ray(grid, RayOptions())
@@ -241,7 +244,7 @@ def test_a_run_locked_by_another_process_is_refused_naming_the_holder(tmp_path, 
 
     from tp_harness.journal import RunDir
 
-    grid = replace(GRID, targets=["legalbench_hearsay"], modes=["no_transfer"], results_dir=str(tmp_path))
+    grid = replace(GRID, targets=["legalbench_hearsay"], modes=["no_transfer"], run=replace(GRID.run, results_dir=str(tmp_path)))
     assert not run_sweep(grid, registries).failed
     (run_dir,) = (tmp_path / "runs").iterdir()
     (run_dir / "results.json").unlink()  # interrupted after its journal: the next sweep resumes it

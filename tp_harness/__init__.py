@@ -1,46 +1,93 @@
 """tp-harness: Transfer-Prompting (Chang, Chang & Wu, 2025, arXiv 2502.14211) as an LLM evaluation and
 prompt-optimization harness built on lm-evaluation-harness, with a pluggy registry and a pytest plugin.
 
-Public API (heavy modules are imported lazily):
-- ``load_spec(path)``: a task spec (``TaskSpec``)
-- ``evaluate_prompt(task=..., registries=..., prompt=...)``: metrics of one instruction
-- ``optimize(settings)``: a full run; returns the run directory and results
-- ``hookimpl`` and the definition types for plugins
+``__all__`` is the whole supported surface; users, docs and plugins import only these names (the modules
+behind them may move). Heavy names are loaded on first use, so ``import tp_harness`` stays fast.
+
+- Run things: :func:`evaluate`, :func:`optimize` (returns a :class:`RunResult`), :func:`load_spec`,
+  :func:`build_backend`, :func:`build_registries`.
+- Write plugins: :data:`hookimpl`; the definitions :class:`DataFormatDef`, :class:`MetricDef`,
+  :class:`BackendDef`, :class:`OptimizerDef`, :class:`ReporterDef`; :class:`Registry` and :class:`Registries`;
+  the protocols :class:`LanguageModel`, :class:`ScorerBackend`, :class:`Optimizer`; the backend type
+  :class:`LMBackend`; for optimizers :class:`RunContext`, :class:`RunOutcome`, :class:`TargetOutcome`,
+  :class:`ScoredPrompt`, :class:`EvalJob`, :func:`evaluate_jobs`, :class:`Evaluation`, :func:`prompt_sha`,
+  :func:`select_on_validation`, :func:`final_evaluations`, :class:`Progress`; for metrics :class:`SampleRecord`.
+- Errors: :class:`TpHarnessError` and its kinds.
 """
 
 from __future__ import annotations
 
-from .errors import BackendError, DataError, SpecError, TpHarnessError
-from .hookspecs import BackendDef, MetricDef, OptimizerDef, Registry, ReporterDef, TaskSourceDef, hookimpl
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import BackendError, DataError, RunError, SpecError, TpHarnessError, UsageError
+from .hookspecs import (
+    BackendDef,
+    DataFormatDef,
+    MetricDef,
+    OptimizerDef,
+    Registries,
+    Registry,
+    ReporterDef,
+    TaskSourceDef,
+    hookimpl,
+)
 
 __version__ = "0.1.0"
 
+#: name -> module of the names loaded on first use (PEP 562)
+_LAZY = {
+    "evaluate": "api", "optimize": "api", "build_backend": "api", "RunResult": "api",
+    "load_spec": "specs", "TaskSpec": "specs",
+    "build_registries": "plugins",
+    "LMBackend": "backends.base",
+    "LanguageModel": "protocols", "ScorerBackend": "protocols", "Optimizer": "protocols",
+    "EvalJob": "evaluator", "Evaluation": "evaluator", "evaluate_jobs": "evaluator", "prompt_sha": "evaluator",
+    "PreparedTask": "evaluator",
+    "SampleRecord": "metrics",
+    "ScoredPrompt": "optimizer.loop", "Progress": "optimizer.loop",
+    "RunContext": "optimizer.transfer", "RunOutcome": "optimizer.transfer", "TargetOutcome": "optimizer.transfer",
+    "select_on_validation": "optimizer.transfer", "final_evaluations": "optimizer.transfer",
+}
+
 __all__ = [
-    "BackendDef", "BackendError", "DataError", "MetricDef", "OptimizerDef", "Registry", "ReporterDef",
-    "SpecError", "TaskSourceDef", "TpHarnessError", "evaluate_prompt", "hookimpl", "load_spec", "optimize",
+    # run things
+    "evaluate", "optimize", "RunResult", "load_spec", "TaskSpec", "build_backend", "build_registries",
+    # plugin contract
+    "hookimpl", "Registry", "Registries", "DataFormatDef", "MetricDef", "BackendDef", "OptimizerDef", "ReporterDef",
+    "TaskSourceDef", "LanguageModel", "ScorerBackend", "Optimizer", "LMBackend", "RunContext", "RunOutcome",
+    "TargetOutcome", "ScoredPrompt", "EvalJob", "Evaluation", "PreparedTask", "evaluate_jobs", "prompt_sha",
+    "select_on_validation", "final_evaluations", "Progress", "SampleRecord",
+    # errors
+    "TpHarnessError", "UsageError", "SpecError", "DataError", "BackendError", "RunError",
 ]
 
 
-def load_spec(path, **kwargs):
-    """Load and validate a task spec YAML (see :func:`tp_harness.specs.load_spec`)."""
-    from .specs import load_spec as _load
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tp_harness' has no attribute {name!r}")
 
-    return _load(path, **kwargs)
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
-def evaluate_prompt(**kwargs):
-    """Evaluate one instruction on one task split (see :func:`tp_harness.runner.evaluate_prompt`)."""
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load on first use
+    from .api import RunResult, build_backend, evaluate, optimize
+    from .backends.base import LMBackend
+    from .evaluator import EvalJob, Evaluation, PreparedTask, evaluate_jobs, prompt_sha
+    from .metrics import SampleRecord
+    from .optimizer.loop import Progress, ScoredPrompt
+    from .optimizer.transfer import (
+        RunContext,
+        RunOutcome,
+        TargetOutcome,
+        final_evaluations,
+        select_on_validation,
+    )
     from .plugins import build_registries
-    from .runner import evaluate_prompt as _evaluate
-
-    kwargs.setdefault("registries", build_registries())
-    return _evaluate(**kwargs)
-
-
-def optimize(settings=None, **kwargs):
-    """Run Transfer-Prompting with :class:`tp_harness.runner.OptimizeSettings` (or its fields as kwargs)."""
-    from .plugins import build_registries
-    from .runner import OptimizeSettings, run_optimize
-
-    settings = settings or OptimizeSettings(**kwargs)
-    return run_optimize(settings, build_registries())
+    from .protocols import LanguageModel, Optimizer, ScorerBackend
+    from .specs import TaskSpec, load_spec

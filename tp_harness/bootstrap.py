@@ -18,9 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from .constants import BUILTIN_METRICS
+
 NUM_RESAMPLES = 1000
 LEVEL = 0.95
-HIGHER_IS_BETTER = {"acc": True, "ifr": True, "ece": False, "auroc": True, "pr_p": True, "pr_n": True}
+#: the metrics this module resamples, and whether higher is better (``tp_harness.constants.BUILTIN_METRICS``)
+HIGHER_IS_BETTER = {k: v for k, v in BUILTIN_METRICS.items() if k != "acc_norm"}
 NUM_BINS = 10
 
 

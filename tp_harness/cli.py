@@ -16,6 +16,15 @@ import os
 import sys
 from pathlib import Path
 
+from .constants import (
+    DEFAULT_BUDGET,
+    DEFAULT_MODEL,
+    DEFAULT_REFERENCE_SHARE,
+    DEFAULT_SOURCES,
+    DEFAULT_TARGETS,
+    SPLITS,
+    SWEEP_BUDGET,
+)
 from .errors import TpHarnessError, UsageError
 
 log = logging.getLogger("tp_harness")
@@ -148,7 +157,6 @@ def _studies_help() -> str:
 
 def _resolve_tasks(args) -> None:
     """Fill ``args.sources`` and ``args.targets`` from ``--study`` or the defaults (see tp_harness.studies)."""
-    from .runner import DEFAULT_SOURCES, DEFAULT_TARGETS
     from .studies import resolve_tasks
 
     args.sources, args.targets = resolve_tasks(args.study, args.sources, args.targets, DEFAULT_SOURCES,
@@ -162,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command")
 
-    from .runner import DEFAULT_SOURCES, DEFAULT_TARGETS
+    from .optimizer.budget import BUDGETS
     from .studies import STUDIES
 
     o = sub.add_parser("optimize", help="run two-stage Transfer-Prompting (the main job)")
@@ -175,14 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"target task(s) for stage 2 (default {','.join(DEFAULT_TARGETS)})")
     o.add_argument("--study", default=None, choices=sorted(STUDIES),
                    help="a named study sets --sources and --targets: " + _studies_help())
-    o.add_argument("--budget", default="light", choices=["smoke", "sweep", "light", "medium", "heavy"],
-                   help="search size: smoke (CI, ~2 min), light (default main job), medium, heavy")
+    o.add_argument("--budget", default=DEFAULT_BUDGET, choices=list(BUDGETS),
+                   help=f"search size: smoke (CI, ~2 min), light (default main job), medium, heavy "
+                        f"(default {DEFAULT_BUDGET})")
     o.add_argument("--seed", type=int, default=0)
     mode = o.add_mutually_exclusive_group()
     mode.add_argument("--no-transfer", action="store_true", help="ablation: stage 2 alone from the original prompt")
     mode.add_argument("--source-only", action="store_true", help="ablation: stage 1 alone; its best prompt as is")
     o.add_argument("--optimizer", default="transfer", help="registered optimizer (default transfer)")
-    o.add_argument("--reference-share", type=_share, default=0.5,
+    o.add_argument("--optimizer-option", dest="optimizer_options", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option for the optimizer (repeatable; a plugin optimizer reads ctx.optimizer_options)")
+    o.add_argument("--reference-share", type=_share, default=DEFAULT_REFERENCE_SHARE,
                    help="share of each step's candidates written by the reference LLM; the rest are "
                         "evolutionary edits of the best prompts (default 0.5)")
     o.add_argument("--results-dir", default="results", help="where runs/ and LEADERBOARD.md live (default results)")
@@ -196,13 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = e.add_mutually_exclusive_group()
     g.add_argument("--prompt", default=None, help="the instruction text (default: the task's original)")
     g.add_argument("--prompt-file", type=Path, default=None, help="read the instruction from a file")
-    e.add_argument("--split", default="test", choices=["optimize", "validation", "test"])
+    e.add_argument("--split", default="test", choices=list(SPLITS))
     e.add_argument("--limit", type=_positive_int, default=None,
                    help="evaluate only the first N (>= 1) docs of the split")
     e.add_argument("--show-samples", type=_non_negative_int, default=0, metavar="N", help="print the first N sample records")
-
-    from .backends import DEFAULT_MODEL
-    from .optimizer.budget import BUDGETS
 
     sw = sub.add_parser("sweep", help="one optimization per (model, target, mode), resumable, then the leaderboard",
                         description="Runs one optimization per (model, target task, mode) with run ids "
@@ -219,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a named study sets --sources and --targets: " + _studies_help())
     sw.add_argument("--modes", type=_csv, default=["two_stage"],
                     help="two_stage (the paper's setup), no_transfer, source_only; comma-separated (default two_stage)")
-    sw.add_argument("--budget", default="smoke", choices=list(BUDGETS),
+    sw.add_argument("--budget", default=SWEEP_BUDGET, choices=list(BUDGETS),
                     help="search size of every run (default smoke)")
     sw.add_argument("--seed", type=int, default=0)
     sw.add_argument("--results-dir", default="results", help="where runs/ and LEADERBOARD.md live (default results)")
@@ -227,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="reference LLM of every run (default: the scorer; embedded:smollm2-135m for a scorer "
                          "without a chat template)")
     sw.add_argument("--reference-model-args", default=None)
-    sw.add_argument("--reference-share", type=_share, default=0.5)
+    sw.add_argument("--reference-share", type=_share, default=DEFAULT_REFERENCE_SHARE)
     sw.add_argument("--scoring-mode", choices=["multiple_choice", "generate_until"], default=None)
     _add_chat_template_flag(sw)
     sw.add_argument("--specs", action="append", default=[], metavar="DIR")
@@ -260,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra directory of task spec YAML files (repeatable)")
     sub.add_parser("models", help="list model backends and the embedded model zoo")
     pl = sub.add_parser("plugins", help="list registered plugins and what they provide",
-                        description="Every registered task source, metric, backend, optimizer and reporter, with the "
+                        description="Every registered data format, metric, backend, optimizer and reporter, with the "
                                     "plugin, distribution and version it comes from. TP_HARNESS_PLUGINS=a,b loads only "
                                     "those external plugins (\"\" none); TP_HARNESS_TRACE_PLUGINS=1 traces hook calls.")
     pl.add_argument("--format", choices=["table", "json"], default="table", help="output format (default table)")
@@ -277,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
+    # the command-line process is ours: no hub (models are local files) and no tokenizer fork warnings
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not args.verbose:
         for noisy in ("lm_eval", "transformers", "datasets", "accelerate", "httpx"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -321,6 +332,7 @@ def _registries():
 
 
 def _cmd_optimize(args) -> int:
+    from .backends.base import parse_model_args
     from .runner import OptimizeSettings, run_optimize
 
     _resolve_tasks(args)
@@ -333,6 +345,7 @@ def _cmd_optimize(args) -> int:
         spec_dirs=args.specs, dtype=args.dtype, batch_size=args.batch_size, run_id=args.run_id, cache=args.cache,
         reference_share=args.reference_share, allow_data_outside_spec_dir=args.allow_data_outside_spec_dir,
         apply_chat_template=args.apply_chat_template,
+        optimizer_options=parse_model_args(",".join(args.optimizer_options), flag="--optimizer-option"),
     )
 
     def show_projection(projection, ctx) -> None:
@@ -410,16 +423,17 @@ def _cmd_evaluate(args) -> int:
 def _cmd_sweep(args) -> int:
     from tqdm.auto import tqdm
 
+    from .runner import OptimizeSettings
     from .sweep import SweepSettings, plan_sweep, run_sweep
 
     _resolve_tasks(args)
-    settings = SweepSettings(
-        models=args.models, targets=args.targets, modes=args.modes, sources=args.sources, budget=args.budget,
-        seed=args.seed, results_dir=str(args.results_dir), model_args=args.model_args,
-        reference_model=args.reference_model, reference_model_args=args.reference_model_args,
-        reference_share=args.reference_share, scoring_mode=args.scoring_mode, spec_dirs=args.specs,
-        dtype=args.dtype, batch_size=args.batch_size, cache=args.cache, apply_chat_template=args.apply_chat_template,
-    )
+    settings = SweepSettings(models=args.models, targets=args.targets, modes=args.modes, run=OptimizeSettings(
+        sources=args.sources, budget=args.budget, seed=args.seed, results_dir=str(args.results_dir),
+        model_args=args.model_args, reference_model=args.reference_model,
+        reference_model_args=args.reference_model_args, reference_share=args.reference_share,
+        scoring_mode=args.scoring_mode, spec_dirs=args.specs, dtype=args.dtype, batch_size=args.batch_size,
+        cache=args.cache, apply_chat_template=args.apply_chat_template,
+    ))
     plan = plan_sweep(settings)
     if args.executor == "ray":
         return _sweep_on_ray(settings, args, len(plan))
@@ -529,7 +543,7 @@ def _cmd_plugins(args) -> int:
 
     regs = _registries()
     items = []
-    for kind in ("tasks", "metrics", "backends", "optimizers", "reporters"):
+    for kind in ("data_formats", "metrics", "backends", "optimizers", "reporters"):
         for e in getattr(regs, kind).entries():
             items.append({"kind": kind[:-1], "name": e.name, "plugin": e.plugin, "distribution": e.dist,
                           "version": e.version, "builtin": e.builtin,

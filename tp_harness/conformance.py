@@ -139,7 +139,7 @@ class ConformanceResult:
 
 def prepare_upstream(spec: TaskSpec, registries: Registries, *, limit: int, apply_chat_template: str) -> PreparedTask:
     """The spec in its upstream format (:func:`upstream_format_spec`), test split cut to ``limit`` docs."""
-    return prepare_task(upstream_format_spec(spec), sources=registries.tasks, caps={"test": limit},
+    return prepare_task(upstream_format_spec(spec), data_formats=registries.data_formats, caps={"test": limit},
                         apply_chat_template=apply_chat_template)
 
 

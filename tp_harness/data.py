@@ -2,7 +2,7 @@
 
 Owns the built-in data formats (``jsonl``, ``csv``, ``tsv``, ``logiqa``, ``phrasebank``, ``json``,
 ``bbh``, and ``ai2_arc``, ``mmlu``, ``medmcqa``, ``medqa``, which give the rows of the Hugging Face dataset
-that lm-eval's upstream task reads, so a spec can use lm-eval's own templates), registered through the ``tp_register_tasks`` hook exactly as a third-party format would be,
+that lm-eval's upstream task reads, so a spec can use lm-eval's own templates), registered through the ``tp_register_data_formats`` hook exactly as a third-party format would be,
 and the seeded optimize / validation / test split. It renders no prompt and builds no lm-eval task: rows go to the
 evaluator as plain dicts that the spec's lm-eval templates (``doc_to_text`` ...) read.
 
@@ -25,8 +25,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .constants import SPLITS
 from .errors import DataError, SpecError, UnknownNameError
-from .hookspecs import Registry, TaskSourceDef, hookimpl
+from .hookspecs import DataFormatDef, Registry, hookimpl
 
 if TYPE_CHECKING:
     from .specs import TaskSpec
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: The split names, in the order their slices are cut from the permuted docs.
-SPLITS: tuple[str, ...] = ("optimize", "validation", "test")
 
 PHRASEBANK_LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 
@@ -460,30 +460,30 @@ def load_medqa(path: Path, *, encoding: str = "utf-8") -> Iterator[tuple[int, di
 
 
 @hookimpl
-def tp_register_tasks(registry: Registry[TaskSourceDef]) -> None:
+def tp_register_data_formats(registry: Registry[DataFormatDef]) -> None:
     """Register the built-in data formats."""
     registry.add(
         "jsonl",
-        TaskSourceDef(load=load_jsonl, description="JSON Lines, one object per line", suffixes=(".jsonl",)),
+        DataFormatDef(load=load_jsonl, description="JSON Lines, one object per line", suffixes=(".jsonl",)),
     )
     registry.add(
         "csv",
-        TaskSourceDef(load=load_csv, description="CSV with a header or named columns", suffixes=(".csv",)),
+        DataFormatDef(load=load_csv, description="CSV with a header or named columns", suffixes=(".csv",)),
     )
     registry.add(
         "tsv",
-        TaskSourceDef(
+        DataFormatDef(
             load=load_tsv,
             description="tab-separated values with a header or named columns",
             suffixes=(".tsv",),
         ),
     )
     registry.add(
-        "logiqa", TaskSourceDef(load=load_logiqa, description="LogiQA v1 8-line blocks", suffixes=(".txt",))
+        "logiqa", DataFormatDef(load=load_logiqa, description="LogiQA v1 8-line blocks", suffixes=(".txt",))
     )
     registry.add(
         "phrasebank",
-        TaskSourceDef(
+        DataFormatDef(
             load=load_phrasebank,
             description="Financial PhraseBank 'sentence@label' lines",
             suffixes=(".txt",),
@@ -491,7 +491,7 @@ def tp_register_tasks(registry: Registry[TaskSourceDef]) -> None:
     )
     registry.add(
         "json",
-        TaskSourceDef(
+        DataFormatDef(
             load=load_json,
             description="one JSON document: a list of objects, or a mapping of id -> object",
             suffixes=(".json",),
@@ -503,11 +503,11 @@ def tp_register_tasks(registry: Registry[TaskSourceDef]) -> None:
         ("medmcqa", load_medmcqa, "MedAgents MedMCQA JSONL as openlifescienceai/medmcqa rows (lm-eval's medmcqa)"),
         ("medqa", load_medqa, "MedAgents MedQA JSONL as GBaker/MedQA-USMLE-4-options-hf rows (lm-eval's medqa_4options)"),
     ):
-        registry.add(name, TaskSourceDef(load=load, description=what,
+        registry.add(name, DataFormatDef(load=load, description=what,
                                          suffixes=(".csv",) if name == "mmlu" else (".jsonl",)))
     registry.add(
         "bbh",
-        TaskSourceDef(
+        DataFormatDef(
             load=load_bbh,
             description="BIG-Bench Hard multiple-choice examples, options parsed from the input",
             suffixes=(".json",),
@@ -545,7 +545,7 @@ def _check_options(spec: TaskSpec, fmt: str, load: Any, options: Mapping[str, An
             )
 
 
-def load_rows(spec: TaskSpec, sources: Registry[TaskSourceDef]) -> list[tuple[Path, int, dict[str, Any]]]:
+def load_rows(spec: TaskSpec, sources: Registry[DataFormatDef]) -> list[tuple[Path, int, dict[str, Any]]]:
     """Read every file of ``tp.data.files`` and return ``(file, line, row)`` for each row, in file order.
 
     :param spec: the task spec; file paths are relative to its directory and must stay inside it.
@@ -583,7 +583,7 @@ def load_rows(spec: TaskSpec, sources: Registry[TaskSourceDef]) -> list[tuple[Pa
     return rows
 
 
-def load_docs(spec: TaskSpec, sources: Registry[TaskSourceDef]) -> list[dict[str, Any]]:
+def load_docs(spec: TaskSpec, sources: Registry[DataFormatDef]) -> list[dict[str, Any]]:
     """Read every file of ``tp.data.files`` with the spec's format and return all rows, in file order.
 
     :param spec: the task spec; file paths are relative to its directory.

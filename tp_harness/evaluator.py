@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends.base import LMBackend
+from .constants import SPLITS
 from .errors import BackendError, SpecError
-from .hookspecs import MetricDef, Registry, TaskSourceDef
+from .hookspecs import DataFormatDef, MetricDef, Registry
 from .metrics import DEFAULT_WEIGHTS, SampleRecord, compute_metrics
 from .specs import AnswerFormat, TaskSpec
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("optimize", "validation", "test")
 
 #: The settings of ``--apply-chat-template`` (CLI), ``tp.apply_chat_template`` (spec) and
 #: ``--tp-apply-chat-template`` (pytest): lm-eval's ``--apply_chat_template`` switch, plus ``auto``.
@@ -80,7 +80,7 @@ class PreparedTask:
 def prepare_task(
     spec: TaskSpec,
     *,
-    sources: Registry[TaskSourceDef],
+    data_formats: Registry[DataFormatDef],
     mode: str | None = None,
     caps: Mapping[str, int] | None = None,
     weights: Mapping[str, float] | None = None,
@@ -88,7 +88,8 @@ def prepare_task(
 ) -> PreparedTask:
     """Load a spec's docs, split them and build its lm-eval ``ConfigurableTask`` (once per run).
 
-    :param mode: scoring mode; default the spec's ``output_type``.
+    :param data_formats: the registered data formats (``Registries.data_formats``) that read the spec's files.
+    :param mode: the ``output_type`` to score in; default the spec's.
     :param apply_chat_template: ``auto``, ``on`` or ``off``; default the spec's ``tp.apply_chat_template``
         (itself ``auto`` unless the spec says otherwise).
     :param caps: per-split maximum sizes (the budget's samples per split); splits are prefixes.
@@ -109,7 +110,7 @@ def prepare_task(
     if chat not in CHAT_TEMPLATE_SETTINGS:
         raise ValueError(f"apply_chat_template: expected one of {', '.join(CHAT_TEMPLATE_SETTINGS)}, got {chat!r}")
     config = dict(spec.lm_eval_config(mode))
-    rows = load_rows(spec, sources)
+    rows = load_rows(spec, data_formats)
     all_docs = [row for _path, _line, row in rows]
     _check_sizes(spec, len(all_docs))
     full = split_indices(spec, len(all_docs))
@@ -120,7 +121,6 @@ def prepare_task(
                 "fewshot_split", "description"):
         config.pop(key, None)
     config.update(custom_dataset=lambda **_: dataset, test_split="test", metadata={"version": 1.0})
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)
     if capped["test"]:  # lm-eval renders the first test doc while it builds the task: check it first
         first = capped["test"][0]
         check_first_doc(spec, config, mode=mode, doc=all_docs[first], origin=rows[first][:2])
@@ -214,7 +214,13 @@ class Evaluation:
 
     @property
     def n(self) -> int:
+        """Number of scored docs (records)."""
         return len(self.records)
+
+    @property
+    def output_type(self) -> str:
+        """lm-eval's ``output_type`` the job was scored in (``multiple_choice`` or ``generate_until``)."""
+        return self.mode
 
     @property
     def composite(self) -> float:

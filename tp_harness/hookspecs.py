@@ -2,8 +2,9 @@
 
 This module is the plugin contract: the ``tp_harness`` hook markers, one ``tp_register_<kind>s`` hook
 per kind of extension, the :class:`Registry` each hook receives and the definition types a plugin adds
-(:class:`MetricDef`, :class:`BackendDef`, :class:`TaskSourceDef`, :class:`OptimizerDef`,
-:class:`ReporterDef`). Of tp_harness it imports only :mod:`tp_harness.errors`.
+(:class:`DataFormatDef`, :class:`MetricDef`, :class:`BackendDef`, :class:`OptimizerDef`,
+:class:`ReporterDef`). Of tp_harness it imports only :mod:`tp_harness.errors`. Plugins import these names
+from ``tp_harness``.
 """
 
 from __future__ import annotations
@@ -190,11 +191,12 @@ class BackendDef:
 
 
 @dataclass(frozen=True, slots=True)
-class TaskSourceDef:
+class DataFormatDef:
     """A data format: ``load(path, **options)`` yields ``(line_number, row_dict)`` pairs from one file.
 
     Raises ``DataError`` naming the file and line of a malformed row. Specs pick it by name in
-    ``tp.data.format``.
+    ``tp.data.format``. (A data format is not a task: in lm-eval's terms a task is a benchmark, which a
+    tp-harness task spec defines.)
     """
 
     load: Callable[..., Iterable[tuple[int, dict[str, Any]]]]
@@ -202,12 +204,26 @@ class TaskSourceDef:
     suffixes: tuple[str, ...] = ()
 
 
+#: the former name of :class:`DataFormatDef` (deprecated; kept so plugins written for 0.1 still load)
+TaskSourceDef = DataFormatDef
+
+
 @dataclass(frozen=True, slots=True)
 class OptimizerDef:
-    """A prompt optimizer: ``run(context)`` where ``context`` is ``tp_harness.optimizer.transfer.RunContext``."""
+    """A prompt optimizer: ``run(ctx: RunContext) -> RunOutcome`` (the :class:`tp_harness.Optimizer` protocol).
+
+    :ivar mode: the ablation mode the optimizer always runs (e.g. ``"no_transfer"`` for a one-stage optimizer
+        that uses no source tasks); the run's ``ctx.mode`` is set to it before the run starts, and config.json and
+        results.json record it. None: the mode the user asked for (``--no-transfer``, ``--source-only``, else
+        ``two_stage``). An optimizer never changes ``ctx``, which is frozen.
+    :ivar options: the ``--optimizer-option KEY=VALUE`` keys it reads, from ``ctx.optimizer_options``; any other
+        key is refused before a model loads. None: any key.
+    """
 
     run: Callable[..., Any]
     description: str = ""
+    mode: str | None = None
+    options: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,11 +238,16 @@ class ReporterDef:
 class Registries:
     """One registry per kind; built by ``tp_harness.plugins.build_registries``."""
 
-    tasks: Registry[TaskSourceDef] = field(default_factory=lambda: Registry("task source", TaskSourceDef))
+    data_formats: Registry[DataFormatDef] = field(default_factory=lambda: Registry("data format", DataFormatDef))
     metrics: Registry[MetricDef] = field(default_factory=lambda: Registry("metric", MetricDef))
     backends: Registry[BackendDef] = field(default_factory=lambda: Registry("backend", BackendDef))
     optimizers: Registry[OptimizerDef] = field(default_factory=lambda: Registry("optimizer", OptimizerDef))
     reporters: Registry[ReporterDef] = field(default_factory=lambda: Registry("reporter", ReporterDef))
+
+    @property
+    def tasks(self) -> Registry[DataFormatDef]:
+        """Deprecated name of :attr:`data_formats` (kept for plugins and scripts written for 0.1)."""
+        return self.data_formats
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,14 +255,20 @@ class Registries:
 
 
 @hookspec
-def tp_register_tasks(registry: Registry[TaskSourceDef]) -> None:
-    """Add task sources: data formats that ``tp.data.format`` in a task spec can name.
+def tp_register_data_formats(registry: Registry[DataFormatDef]) -> None:
+    """Add data formats that ``tp.data.format`` in a task spec can name.
 
-    :param registry: call ``registry.add(name, TaskSourceDef(load=...))`` once per format.
+    :param registry: call ``registry.add(name, DataFormatDef(load=...))`` once per format.
     :return: nothing; results go through ``registry``.
     Called once per plugin manager for built-in and external plugins alike; a name added twice
     raises ``DuplicateNameError`` naming both plugins.
     """
+
+
+@hookspec(warn_on_impl=DeprecationWarning(
+    "tp_register_tasks is deprecated: it registers data formats; implement tp_register_data_formats instead"))
+def tp_register_tasks(registry: Registry[DataFormatDef]) -> None:
+    """Deprecated alias of :func:`tp_register_data_formats` (same registry); implementing it warns."""
 
 
 @hookspec

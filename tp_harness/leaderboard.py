@@ -22,9 +22,9 @@ from typing import Any
 
 from tabulate import tabulate
 
+from .constants import ABLATION_MODES
 from .files import atomic_write_text
 from .leaderboard_data import (
-    MODES,
     Row,
     ablation_groups,
     delta_is_significant,
@@ -152,11 +152,11 @@ def _ablation_lines(rows: Sequence[Row], figure: str | None) -> list[str]:
         return []
     body = []
     for (model, task, budget, seed), by_mode in groups.items():
-        original = next((r for m in MODES for r in by_mode.get(m, []) if r.kind == "original"), None)
+        original = next((r for m in ABLATION_MODES for r in by_mode.get(m, []) if r.kind == "original"), None)
         line = [md_cell(model), md_cell(task), md_cell(budget), md_cell(seed),
                 "n/a" if original is None or original.n is None else str(original.n),
                 fmt_value(original.composite) if original else "n/a"]
-        for mode in MODES:
+        for mode in ABLATION_MODES:
             best = optimized_row(by_mode[mode]) if mode in by_mode else None
             if best is None:
                 line.append("")
@@ -303,9 +303,9 @@ def _draw_figures(rows: Sequence[Row], out_dir: Path, link_base: Path) -> dict[s
     if groups:
         data = {}
         for (model, task, budget, seed), by_mode in groups.items():
-            original = next((r for m in MODES for r in by_mode.get(m, []) if r.kind == "original"), None)
+            original = next((r for m in ABLATION_MODES for r in by_mode.get(m, []) if r.kind == "original"), None)
             values = {"original": original.composite if original else None}
-            for mode in MODES:
+            for mode in ABLATION_MODES:
                 best = optimized_row(by_mode[mode]) if mode in by_mode else None
                 values[mode] = best.composite if best else None
             data[f"{model}\n{task}\n{budget} s{seed}"] = values

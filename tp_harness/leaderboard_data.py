@@ -23,13 +23,14 @@ from .bootstrap import (
     weighted_composite,
     weighted_metrics,
 )
+from .constants import ABLATION_MODES
 from .metrics import DEFAULT_WEIGHTS
 from .stored_runs import StoredRun, is_number, read_jsonl_rows
 
 log = logging.getLogger(__name__)
 
 PROMPT_KINDS = ("original", "best_source", "best_target")
-MODES = ("two_stage", "no_transfer", "source_only")
+
 BOOTSTRAP_SEED = 20250220  # arXiv 2502.14211's date; any fixed number keeps the intervals reproducible
 
 
@@ -146,7 +147,7 @@ def _headline(candidates: list[list[Row]]) -> list[Row]:
     def key(group: list[Row]) -> tuple:
         run = group[0].run
         date = run.data.get("date")
-        mode_rank = len(MODES) - MODES.index(run.mode) if run.mode in MODES else 0
+        mode_rank = len(ABLATION_MODES) - ABLATION_MODES.index(run.mode) if run.mode in ABLATION_MODES else 0
         return (mode_rank, max((r.n or 0) for r in group), date if is_number(date) else 0.0, run.run_id)
 
     return max(candidates, key=key)
@@ -173,7 +174,7 @@ def ablation_groups(rows: Sequence[Row]) -> dict[tuple[str, str, str, str], dict
     groups: dict[tuple[str, str, str, str], dict[str, list[Row]]] = {}
     for (_, task), group in sorted(_group(rows).items()):
         run = group[0].run
-        if run.mode in MODES:
+        if run.mode in ABLATION_MODES:
             groups.setdefault((run.model, task, run.budget, run.seed), {})[run.mode] = group
     return {k: v for k, v in sorted(groups.items()) if len(v) >= 2}
 

@@ -56,5 +56,5 @@ def load(*, config_source: str | None = None, **_metadata: Any) -> datasets.Data
         )
     registries = _registries()
     spec = load_spec(Path(config_source), metric_names=set(registries.metrics.names()))
-    splits = split_docs(spec, load_docs(spec, registries.tasks))
+    splits = split_docs(spec, load_docs(spec, registries.data_formats))
     return datasets.DatasetDict({name: datasets.Dataset.from_list(docs) for name, docs in splits.items()})

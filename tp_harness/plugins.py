@@ -51,7 +51,8 @@ PLUGINS_ENV = "TP_HARNESS_PLUGINS"
 TRACE_ENV = "TP_HARNESS_TRACE_PLUGINS"
 
 _HOOK_TO_REGISTRY = {
-    "tp_register_tasks": "tasks",
+    "tp_register_data_formats": "data_formats",
+    "tp_register_tasks": "data_formats",  # the deprecated name of the same hook
     "tp_register_metrics": "metrics",
     "tp_register_backends": "backends",
     "tp_register_optimizers": "optimizers",

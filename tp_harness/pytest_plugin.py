@@ -32,10 +32,10 @@ from typing import Any
 
 import pytest
 
+from .constants import DEFAULT_MODEL
 from .errors import TpHarnessError
 from .gates import Gate, parse_gate
 
-DEFAULT_MODEL = "embedded:smollm2-135m"
 PROMPT_KINDS = ("original", "best")
 WORST_SAMPLES = 3
 
@@ -78,13 +78,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "tp: a tp-harness prompt gate (task spec tp.gates) or prompt test")
     config.addinivalue_line("markers", "tp_gpu: needs CUDA (e.g. a vLLM scorer); skipped when CUDA is absent")
     config.addinivalue_line("markers", "tp_slow: runs a prompt optimization or a large evaluation")
+    env = pytest.MonkeyPatch()  # the environment this plugin sets, undone when pytest unconfigures
+    config.stash[_ENV] = env
     cache = _option(config, "tp_cache_dir")
     if cache:
-        os.environ["TP_CACHE_DIR"] = str(Path(cache).resolve())
+        env.setenv("TP_CACHE_DIR", str(Path(cache).resolve()))
     session = TpSession.from_config(config)
     config.stash[_SESSION] = session
     if not session.active:
         return
+    env.setenv("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "1"))  # models are local files: no hub
     if config.args_source == pytest.Config.ArgsSource.ARGS:
         # `pytest DIR --tp-model=...` or `pytest DIR/x.yaml::task::gate[kind]`: the named specs are collected
         session.spec_dirs += [d for d in _spec_dirs_named(config) if d not in session.spec_dirs]
@@ -110,6 +113,14 @@ def _spec_dirs_named(config: pytest.Config) -> list[Path]:
 
 
 _SESSION = pytest.StashKey["TpSession"]()
+_ENV = pytest.StashKey[pytest.MonkeyPatch]()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Restore the environment variables :func:`pytest_configure` set (``TP_CACHE_DIR``, ``HF_HUB_OFFLINE``)."""
+    env = config.stash.get(_ENV, None)
+    if env is not None:
+        env.undo()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +268,7 @@ class TpSession:
 
             (spec,) = load_specs([task], self.spec_dirs, self.registries)
             caps = {"test": self.limit} if self.limit else None
-            self._prepared[task] = prepare_task(spec, sources=self.registries.tasks, caps=caps,
+            self._prepared[task] = prepare_task(spec, data_formats=self.registries.data_formats, caps=caps,
                                                 apply_chat_template=self.chat_template)
         return self._prepared[task]
 

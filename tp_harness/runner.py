@@ -21,6 +21,13 @@ from typing import Any
 
 from .backends import DEFAULT_MODEL, LMBackend, parse_model_args, resolve_backend
 from .backends.base import REFERENCE_BASE_MODEL_FIX, REFERENCE_BASE_MODEL_PROBLEM
+from .constants import (
+    ABLATION_MODES,
+    DEFAULT_BUDGET,
+    DEFAULT_REFERENCE_SHARE,
+    DEFAULT_SOURCES,
+    DEFAULT_TARGETS,
+)
 from .errors import BackendError, RunError, UsageError
 from .evaluator import EvalJob, Evaluation, PreparedTask, evaluate_jobs, prepare_task, uses_chat_template
 from .export import export_task_yaml, lm_eval_results
@@ -28,13 +35,11 @@ from .hookspecs import Registries
 from .journal import RunDir, make_run_id
 from .optimizer.budget import Budget, Projection, get_budget
 from .optimizer.loop import Progress
-from .optimizer.transfer import MODES, RunContext, RunOutcome, project_calls
+from .optimizer.transfer import RunContext, RunOutcome, project_calls
 from .specs import BUILTIN_SPEC_DIR, TaskSpec, discover_specs, load_spec
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SOURCES = ("mmlu_general", "commonsenseqa")
-DEFAULT_TARGETS = ("financial_phrasebank",)
 
 
 @dataclass
@@ -47,7 +52,7 @@ class OptimizeSettings:
     reference_model_args: str | None = None
     sources: list[str] = field(default_factory=lambda: list(DEFAULT_SOURCES))
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-    budget: str = "light"
+    budget: str = DEFAULT_BUDGET
     seed: int = 0
     mode: str = "two_stage"
     optimizer: str = "transfer"
@@ -57,12 +62,14 @@ class OptimizeSettings:
     dtype: str = "float32"
     batch_size: str = "16"
     run_id: str | None = None
-    reference_share: float = 0.5
+    reference_share: float = DEFAULT_REFERENCE_SHARE
     cache: bool = True
     allow_data_outside_spec_dir: bool = False
     #: rebuild ``<results>/LEADERBOARD.md`` when the run ends; a sweep turns it off and builds it once at its end
     leaderboard: bool = True
     apply_chat_template: str | None = None  # auto | on | off; None: each spec's tp.apply_chat_template
+    #: ``--optimizer-option KEY=VALUE`` pairs for the optimizer (``ctx.optimizer_options``)
+    optimizer_options: dict[str, str] = field(default_factory=dict)
 
 
 def spec_index(spec_dirs: Sequence[str | Path] = ()) -> dict[str, Path]:
@@ -207,16 +214,15 @@ def _refuse_long_instruction(tokens: int, window: int, model: str, instruction: 
 
 def build_backend(model: str, model_args: str | dict, registries: Registries, *, dtype: str,
                   batch_size: str, cache: bool = True) -> LMBackend:
-    """Resolve and load a backend (cached per process by the backend itself).
+    """A new backend wrapper for ``model``; the model under it loads once per process (see :func:`resolve_backend`).
 
     :param cache: answer repeated requests from the response cache under ``$TP_CACHE_DIR`` (``--no-cache``: off).
     """
     from .backends.cache import open_cache
 
     args = parse_model_args(model_args) if isinstance(model_args, str) else dict(model_args)
-    backend = resolve_backend(model, args, registries.backends, dtype=dtype, batch_size=batch_size)
-    backend.cache = open_cache() if cache else None
-    return backend
+    return resolve_backend(model, args, registries.backends, cache=open_cache() if cache else None, dtype=dtype,
+                           batch_size=batch_size)
 
 
 def default_reference(settings: OptimizeSettings, scorer: LMBackend) -> tuple[str | None, str | None]:
@@ -259,9 +265,12 @@ def _versions() -> dict[str, str]:
 
 
 def prepare_run(
-    settings: OptimizeSettings, registries: Registries, *, resume: Path | None = None
+    settings: OptimizeSettings, registries: Registries, *, resume: Path | None = None,
+    progress: Callable[[str, int], Progress] | None = None,
 ) -> tuple[RunContext, Projection]:
     """Load specs and backends, prepare tasks and create (or reopen) the run directory.
+
+    :param progress: ``progress(label, total) -> Progress``, the run's progress bars (None: none).
 
     :raises UsageError: inconsistent settings (unknown mode, fewer than 2 sources for transfer, ...).
     :raises RunError: ``resume`` is not a run directory.
@@ -271,11 +280,11 @@ def prepare_run(
         run.lock()  # one writer per run: a second --resume stops here, before it reads or writes anything
         try:
             run.journal()  # a damaged journal is refused now, before any model loads
-            return _prepare(_saved_settings(run), registries, run=run)
+            return _prepare(_saved_settings(run), registries, run=run, progress=progress)
         except BaseException:
             run.unlock()
             raise
-    return _prepare(settings, registries, run=None)
+    return _prepare(settings, registries, run=None, progress=progress)
 
 
 def _check_new_run_dir(results_dir: Path, run_id: str) -> None:
@@ -313,8 +322,8 @@ def _saved_settings(run: RunDir) -> OptimizeSettings:
     return OptimizeSettings(**saved)
 
 
-def _prepare(settings: OptimizeSettings, registries: Registries, *, run: RunDir | None
-             ) -> tuple[RunContext, Projection]:
+def _prepare(settings: OptimizeSettings, registries: Registries, *, run: RunDir | None,
+             progress: Callable[[str, int], Progress] | None = None) -> tuple[RunContext, Projection]:
     """:func:`prepare_run` once the settings are known; ``run`` is the locked run directory of a resume."""
     from .backends import check_model_args
 
@@ -322,26 +331,32 @@ def _prepare(settings: OptimizeSettings, registries: Registries, *, run: RunDir 
     if settings.reference_model or settings.reference_model_args:
         check_model_args(settings.reference_model or settings.model,
                          parse_model_args(settings.reference_model_args or ""), registries.backends)
-    if settings.mode not in MODES:
-        raise UsageError(f"mode {settings.mode!r} is not one of {', '.join(MODES)}")
-    if settings.mode != "no_transfer" and len(settings.sources) < 1:
+    optimizer = registries.optimizers.get(settings.optimizer)
+    mode = optimizer.mode or settings.mode  # decided here, once: an optimizer never changes its context
+    if mode not in ABLATION_MODES:
+        raise UsageError(f"mode {mode!r} is not one of {', '.join(ABLATION_MODES)}")
+    if optimizer.options is not None:
+        for key in settings.optimizer_options:
+            if key not in optimizer.options:
+                raise UsageError(f"--optimizer-option: optimizer {settings.optimizer!r} does not read {key!r}; it reads: "
+                                 f"{', '.join(optimizer.options) or 'no options'}")
+    if mode != "no_transfer" and len(settings.sources) < 1:
         raise UsageError("--sources needs at least one source task (two or more for transfer); "
                          "or use --no-transfer")
-    if not settings.targets and settings.mode != "source_only":
+    if not settings.targets and mode != "source_only":
         raise UsageError("--targets needs at least one target task")
-    run_id = settings.run_id or make_run_id(settings.model, settings.targets, settings.mode)
+    run_id = settings.run_id or make_run_id(settings.model, settings.targets, mode)
     if run is None:
         _check_new_run_dir(Path(settings.results_dir), run_id)
     budget: Budget = get_budget(settings.budget)
-    registries.optimizers.get(settings.optimizer)
     outside = settings.allow_data_outside_spec_dir
-    source_specs = load_specs(settings.sources if settings.mode != "no_transfer" else [], settings.spec_dirs, registries,
+    source_specs = load_specs(settings.sources if mode != "no_transfer" else [], settings.spec_dirs, registries,
                               allow_data_outside=outside)
     target_specs = load_specs(settings.targets, settings.spec_dirs, registries, allow_data_outside=outside)
     caps = budget.caps()
-    sources = [prepare_task(s, sources=registries.tasks, mode=settings.scoring_mode, caps=caps,
+    sources = [prepare_task(s, data_formats=registries.data_formats, mode=settings.scoring_mode, caps=caps,
                             apply_chat_template=settings.apply_chat_template) for s in source_specs]
-    targets = [prepare_task(s, sources=registries.tasks, mode=settings.scoring_mode, caps=caps,
+    targets = [prepare_task(s, data_formats=registries.data_formats, mode=settings.scoring_mode, caps=caps,
                             apply_chat_template=settings.apply_chat_template) for s in target_specs]
     check_cache_dir(settings.cache)
     for task in [*sources, *targets]:
@@ -372,7 +387,7 @@ def _prepare(settings: OptimizeSettings, registries: Registries, *, run: RunDir 
             if reference_model in (None, "", settings.model) else (reference_args or ""),
             "scorer_identity": scorer.identity, "reference_identity": reference.identity,
             "scorer_checkpoint": scorer.checkpoint, "scorer_stamp": stamp,
-            "mode": settings.mode, "budget": settings.budget, "budget_values": asdict(budget),
+            "mode": mode, "budget": settings.budget, "budget_values": asdict(budget),
             "seed": settings.seed, "sources": [s.name for s in sources], "targets": [t.name for t in targets],
             "specs": {s.name: str(s.spec.path) for s in [*sources, *targets]},
             "scoring_modes": {s.name: s.mode for s in [*sources, *targets]},
@@ -384,8 +399,9 @@ def _prepare(settings: OptimizeSettings, registries: Registries, *, run: RunDir 
 
     run.row_defaults = {"scorer": fingerprint(stamp)}
     ctx = RunContext(registries=registries, scorer=scorer, reference=reference, sources=sources, targets=targets,
-                     budget=budget, seed=settings.seed, mode=settings.mode, run=run,
-                     reference_share=settings.reference_share)
+                     budget=budget, seed=settings.seed, mode=mode, run=run, progress=progress,
+                     reference_share=settings.reference_share,
+                     optimizer_options=dict(settings.optimizer_options))
     return ctx, project_calls(ctx)
 
 
@@ -504,15 +520,13 @@ def run_optimize(
     on_projection: Callable[[Projection, RunContext], None] | None = None,
 ) -> tuple[RunDir, dict[str, Any]]:
     """Run a whole optimization: prepare, project, optimize, export, report. Returns the run dir and results."""
-    ctx, projection = prepare_run(settings, registries, resume=resume)
+    ctx, projection = prepare_run(settings, registries, resume=resume, progress=progress)
     try:
-        ctx.progress = progress
         if on_projection:
             on_projection(projection, ctx)
         optimizer = registries.optimizers.get(ctx.run.config()["settings"]["optimizer"])
-        before = _call_counts(ctx)
         outcome = optimizer.run(ctx)
-        calls = {k: v - before[k] for k, v in _call_counts(ctx).items()}
+        calls = _call_counts(ctx)  # the scorer wrapper is this run's own: its counters are this run's requests
         calls["projected_scorer_requests"] = projection.scorer_requests
         results_root = ctx.run.path.parent.parent  # <results>/runs/<run_id>: valid from any working directory
         results = finish_run(ctx, outcome, results_root=results_root, calls=calls,
@@ -565,7 +579,7 @@ def evaluate_prompt(
     caps = dict(seed_caps or {})
     if limit is not None:
         caps[split] = limit
-    prep = prepare_task(spec, sources=registries.tasks, mode=scoring_mode, caps=caps,
+    prep = prepare_task(spec, data_formats=registries.data_formats, mode=scoring_mode, caps=caps,
                         apply_chat_template=apply_chat_template)
     check_cache_dir(cache)
     instruction = spec.tp.instruction if prompt is None else prompt

@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from .constants import BUILTIN_METRICS, OUTPUT_TYPES, SPLITS
 from .errors import SpecError
 from .gates import GateSyntaxError, parse_gate
 from .spec_yaml import line_for, parse_yaml
@@ -41,7 +42,7 @@ __all__ = [
     "DEFAULT_METRIC_NAMES",
     "LM_EVAL_LOADER",
     "LM_EVAL_SPLITS",
-    "MODES",
+    "OUTPUT_TYPES",
     "AnswerFormat",
     "DataBlock",
     "LicenseBlock",
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 #: Metric names a spec may weight when no metric registry is passed in.
-DEFAULT_METRIC_NAMES: frozenset[str] = frozenset({"acc", "acc_norm", "ifr", "ece", "auroc", "pr_p", "pr_n"})
+DEFAULT_METRIC_NAMES: frozenset[str] = frozenset(BUILTIN_METRICS)
 
 
 def _builtin_spec_dir() -> Path:
@@ -71,11 +72,10 @@ def _builtin_spec_dir() -> Path:
 #: The task specs shipped with tp-harness: package data of a wheel, or the checkout's ``task_specs/``.
 BUILTIN_SPEC_DIR: Path = _builtin_spec_dir()
 #: The scoring modes tp-harness evaluates (lm-eval ``output_type`` values).
-MODES: tuple[str, ...] = ("multiple_choice", "generate_until")
 #: The ``custom_dataset`` that lets stock lm-eval read a spec's data (``tp_harness.lm_eval_dataset``).
 LM_EVAL_LOADER = "tp_harness.lm_eval_dataset.load"
 #: The splits that loader returns (the same names as ``tp.splits``).
-LM_EVAL_SPLITS: tuple[str, ...] = ("optimize", "validation", "test")
+LM_EVAL_SPLITS: tuple[str, ...] = SPLITS
 
 #: lm-eval fields that lm-eval renders as Jinja templates (a string naming a doc field is a template too).
 TEMPLATE_FIELDS: tuple[str, ...] = ("doc_to_text", "doc_to_target", "doc_to_choice", "gen_prefix",

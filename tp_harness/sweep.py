@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .constants import ABLATION_MODES, SWEEP_BUDGET
 from .errors import RunError, TpHarnessError, UsageError
 from .hookspecs import Registries
 from .journal import CONFIG, RunDir
 from .leaderboard import write_leaderboard
 from .optimizer.loop import Progress
-from .optimizer.transfer import MODES
-from .runner import DEFAULT_SOURCES, OptimizeSettings, run_optimize
+from .runner import OptimizeSettings, run_optimize
 from .stored_runs import read_results_file
 
 log = logging.getLogger(__name__)
@@ -39,32 +39,25 @@ MATCHED_SETTINGS = ("model", "model_args", "targets", "mode", "budget", "seed", 
                     "reference_model", "reference_model_args", "reference_share", "optimizer", "apply_chat_template")
 
 
-@dataclass
-class SweepSettings:
-    """Settings of one ``tp-harness sweep``: the grid (models x targets x modes) and the shared run settings.
+def _sweep_run_defaults() -> OptimizeSettings:
+    return OptimizeSettings(budget=SWEEP_BUDGET)
 
-    The fields after ``modes`` mean what the same ``tp-harness optimize`` flags mean; every run of the
-    sweep gets them. ``reference_model`` None lets each run pick its default (the scorer itself, or
-    ``embedded:smollm2-135m`` for a scorer without a chat template).
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """Settings of one ``tp-harness sweep``: the grid axes (models x targets x modes) and the settings every
+    run shares, which are an :class:`OptimizeSettings` (``run``).
+
+    Each planned run gets ``run`` with the grid cell filled in (its model, target and mode), its
+    deterministic run id and no per-run leaderboard (:func:`run_settings`). ``run.reference_model`` None lets
+    each run pick its default (the scorer itself, or ``embedded:smollm2-135m`` for a scorer without a chat
+    template). The default budget of a sweep is ``smoke`` (:data:`tp_harness.constants.SWEEP_BUDGET`).
     """
 
     models: list[str]
     targets: list[str]
     modes: list[str] = field(default_factory=lambda: ["two_stage"])
-    sources: list[str] = field(default_factory=lambda: list(DEFAULT_SOURCES))
-    budget: str = "smoke"
-    seed: int = 0
-    results_dir: str = "results"
-    model_args: str = ""
-    reference_model: str | None = None
-    reference_model_args: str | None = None
-    reference_share: float = 0.5
-    scoring_mode: str | None = None
-    spec_dirs: list[str] = field(default_factory=list)
-    dtype: str = "float32"
-    batch_size: str = "16"
-    cache: bool = True
-    apply_chat_template: str | None = None
+    run: OptimizeSettings = field(default_factory=_sweep_run_defaults)
 
 
 @dataclass(frozen=True)
@@ -116,23 +109,21 @@ def plan_sweep(settings: SweepSettings) -> list[SweepItem]:
                          ("--modes", settings.modes)):
         if len(set(values)) != len(values):
             raise UsageError(f"{name} lists a value twice: {','.join(values)}")
-    unknown = [m for m in settings.modes if m not in MODES]
+    unknown = [m for m in settings.modes if m not in ABLATION_MODES]
     if unknown:
-        raise UsageError(f"--modes: {', '.join(unknown)} is not a mode; use one of {', '.join(MODES)}")
-    return [SweepItem(model, target, mode, sweep_run_id(model, target, mode, budget=settings.budget,
-                                                          seed=settings.seed))
+        raise UsageError(f"--modes: {', '.join(unknown)} is not a mode; use one of {', '.join(ABLATION_MODES)}")
+    return [SweepItem(model, target, mode, sweep_run_id(model, target, mode, budget=settings.run.budget,
+                                                          seed=settings.run.seed))
             for model in settings.models for target in settings.targets for mode in settings.modes]
 
 
 def run_settings(settings: SweepSettings, item: SweepItem) -> OptimizeSettings:
-    """The :class:`OptimizeSettings` of one planned run."""
-    return OptimizeSettings(
-        model=item.model, model_args=settings.model_args, reference_model=settings.reference_model,
-        reference_model_args=settings.reference_model_args, sources=list(settings.sources), targets=[item.target],
-        budget=settings.budget, seed=settings.seed, mode=item.mode, scoring_mode=settings.scoring_mode,
-        results_dir=settings.results_dir, spec_dirs=list(settings.spec_dirs), dtype=settings.dtype,
-        batch_size=settings.batch_size, run_id=item.run_id, reference_share=settings.reference_share,
-        cache=settings.cache, apply_chat_template=settings.apply_chat_template,
+    """The :class:`OptimizeSettings` of one planned run: the sweep's shared ``run`` settings with the grid cell."""
+    import dataclasses
+
+    return dataclasses.replace(
+        settings.run, model=item.model, targets=[item.target], mode=item.mode, run_id=item.run_id,
+        sources=list(settings.run.sources), spec_dirs=list(settings.run.spec_dirs),
         leaderboard=False,  # built once, at the end of the sweep
     )
 
@@ -193,7 +184,7 @@ def run_item(
     A run's deliberate error (``TpHarnessError``) is recorded in ``outcome.failed``; other exceptions propagate.
     :param label: ``"3/12"``-style position for log lines.
     """
-    run_dir = Path(settings.results_dir) / "runs" / item.run_id
+    run_dir = Path(settings.run.results_dir) / "runs" / item.run_id
     planned = run_settings(settings, item)
     try:
         state = run_state(run_dir, item)
@@ -242,5 +233,5 @@ def run_sweep(
     for index, item in enumerate(plan, start=1):
         run_item(settings, item, registries, outcome, label=f"{index}/{len(plan)}", on_item=on_item,
                  run_progress=run_progress)
-    outcome.leaderboard = write_leaderboard(Path(settings.results_dir))
+    outcome.leaderboard = write_leaderboard(Path(settings.run.results_dir))
     return outcome

@@ -142,8 +142,8 @@ def run_model_group(settings: SweepSettings, items: Sequence[SweepItem], since: 
     for index, item in enumerate(items, start=1):
         run_item(settings, item, registries, outcome, label=f"{item.model} {index}/{len(items)}")
     shard = None
-    if settings.cache:
-        path = Path(settings.results_dir) / SHARD_DIR / _shard_name(items[0].model if items else "none")
+    if settings.run.cache:
+        path = Path(settings.run.results_dir) / SHARD_DIR / _shard_name(items[0].model if items else "none")
         if open_cache().export_shard(path, since=since):
             shard = str(path)
     return {"executed": outcome.executed, "resumed": outcome.resumed, "skipped": outcome.skipped,
@@ -184,7 +184,7 @@ def run_sweep_on_ray(
     outcome = SweepOutcome()
     todo = []
     for item in plan:
-        if run_state(Path(settings.results_dir) / "runs" / item.run_id, item) == "finished":
+        if run_state(Path(settings.run.results_dir) / "runs" / item.run_id, item) == "finished":
             run_item(settings, item, None, outcome, label="driver", on_item=on_item)  # validates settings, skips
         else:
             todo.append(item)
@@ -194,7 +194,7 @@ def run_sweep_on_ray(
             import ray
         except ImportError:
             raise UsageError("--executor ray needs Ray: pip install 'tp-harness[ray]'") from None
-        needs = [group_resources(g.model, settings.model_args, options) for g in groups]
+        needs = [group_resources(g.model, settings.run.model_args, options) for g in groups]
         if not ray.is_initialized():
             ray.init(address=options.address, ignore_reinit_error=True, log_to_driver=False)
         check_cluster(groups, needs, ray.cluster_resources(), options.address)
@@ -233,8 +233,8 @@ def run_sweep_on_ray(
             for item in group.items:
                 if on_item:
                     on_item(item, "failed" if item.run_id in failed else "done")
-        if settings.cache:
-            added = merge_shards(settings.results_dir)
+        if settings.run.cache:
+            added = merge_shards(settings.run.results_dir)
             log.info("merged %d new cache entries from the workers' shards", added)
-    outcome.leaderboard = write_leaderboard(Path(settings.results_dir))
+    outcome.leaderboard = write_leaderboard(Path(settings.run.results_dir))
     return outcome

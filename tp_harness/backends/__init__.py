@@ -6,10 +6,11 @@ Names: ``embedded:<zoo name>`` (default ``embedded:smollm2-135m``), ``hf``, ``vl
 
 from __future__ import annotations
 
+from typing import Any
+
+from ..constants import DEFAULT_MODEL
 from ..hookspecs import BackendDef, Registry, hookimpl
 from .base import LMBackend, parse_model_args
-
-DEFAULT_MODEL = "embedded:smollm2-135m"
 
 __all__ = ["DEFAULT_MODEL", "LMBackend", "check_model_args", "instruction_tokens_before_load", "parse_model_args",
            "resolve_backend"]
@@ -63,11 +64,16 @@ def instruction_tokens_before_load(model: str, model_args: dict[str, str], regis
     return count_checkpoint_tokens(path, instruction), window
 
 
-def resolve_backend(model: str, model_args: dict[str, str], registry: Registry[BackendDef], **options) -> LMBackend:
-    """Build the backend named ``model`` (``name`` or ``name:argument``) with ``model_args``.
+def resolve_backend(model: str, model_args: dict[str, str], registry: Registry[BackendDef], *, cache: Any = None,
+                    **options: Any) -> LMBackend:
+    """Build a new backend wrapper for ``model`` (``name`` or ``name:argument``) with ``model_args``.
 
     ``name:argument`` passes ``argument`` as ``model_args['name']`` (``embedded:smollm2-135m``).
-    ``options`` (dtype, batch_size, device) are defaults that ``model_args`` may override.
+    ``options`` (dtype, batch_size, device) are defaults that ``model_args`` may override. Every call returns
+    a new :class:`LMBackend` whose cache, scorer and identity are fixed here; the model under it is loaded
+    once per process by the backend's factory and shared.
+
+    :param cache: the :class:`~tp_harness.backends.cache.ResponseCache` of the new wrapper (None: no cache).
     :raises UnknownNameError: no backend of that name is registered.
     :raises UsageError: a model arg is not one the backend accepts (:func:`check_model_args`).
     :raises BackendError: the backend cannot be built (missing package, GPU, checkpoint, ...).
@@ -80,9 +86,10 @@ def resolve_backend(model: str, model_args: dict[str, str], registry: Registry[B
         args.setdefault("name", arg)
     backend = definition.factory(args, **options)
     if isinstance(backend, LMBackend):
-        from .prefix_scorer import attach_prefix_scorer
+        from .prefix_scorer import with_prefix_scorer
 
-        attach_prefix_scorer(backend)  # the shared-context scorer for multiple_choice, where supported
+        # a new wrapper even when the factory hands back one it built before (a plugin may memoize its own)
+        backend = with_prefix_scorer(backend).with_options(cache=cache)
     return backend
 
 

@@ -7,6 +7,7 @@ reference LLM. Requests are lm-eval ``Instance`` objects; results come back one 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,9 +27,14 @@ REFERENCE_BASE_MODEL_FIX = ("leave --reference-model unset (a scorer without a c
                             "--reference-model embedded:smollm2-135m")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LMBackend:
     """A scorer or reference LLM served through one lm-eval ``LM`` object.
+
+    A backend is a wrapper built fresh by every :func:`tp_harness.backends.resolve_backend` call (the
+    ``build_backend`` of the CLI and the API); what it wraps, the loaded model, is built once per process and
+    shared. Its fields are fixed when it is built (use :meth:`with_options` for a variant); only its request
+    counters ``issued`` and ``computed`` change, and they are its own.
 
     :param name: the backend name the user gave (``embedded:smollm2-135m``, ``hf``, ``vllm``).
     :param lm: the lm-eval LM (e.g. ``lm_eval.models.huggingface.HFLM``), built once per process.
@@ -39,6 +45,9 @@ class LMBackend:
     :param loglikelihood_only: a base model without a chat template (e.g. ``embedded:gemma3-270m``): it
         scores ``multiple_choice`` requests only; :meth:`generate_until` and :meth:`sample` raise
         :class:`BackendError` instead of returning text it was never trained to produce.
+    :param cache: a :class:`~tp_harness.backends.cache.ResponseCache` answering repeated requests, or None.
+    :param fast_loglikelihood: an object with ``loglikelihood(requests)`` that scores instead of lm-eval (the
+        prefix-sharing scorer), or None; its method is part of ``identity`` (``loglikelihood_scorer``).
     """
 
     name: str
@@ -50,8 +59,15 @@ class LMBackend:
 
     cache: Any = field(default=None, repr=False)  # a ResponseCache, or None (--no-cache)
     fast_loglikelihood: Any = field(default=None, repr=False)  # e.g. a PrefixSharingScorer; else lm-eval scores
-    issued: dict[str, int] = field(default_factory=lambda: {"loglikelihood": 0, "generate_until": 0}, repr=False)
-    computed: dict[str, int] = field(default_factory=lambda: {"loglikelihood": 0, "generate_until": 0}, repr=False)
+    #: requests asked of this wrapper, and those its model computed (the rest came from the cache), by type
+    issued: dict[str, int] = field(default_factory=lambda: {"loglikelihood": 0, "generate_until": 0}, repr=False,
+                                   init=False, compare=False)
+    computed: dict[str, int] = field(default_factory=lambda: {"loglikelihood": 0, "generate_until": 0}, repr=False,
+                                     init=False, compare=False)
+
+    def with_options(self, **changes: Any) -> LMBackend:
+        """A new wrapper of the same loaded model with ``changes`` (e.g. ``cache=None``) and counters at 0."""
+        return dataclasses.replace(self, **changes)
 
     # -- requests -------------------------------------------------------------------------------
     def loglikelihood(self, requests: Sequence[Any]) -> list[tuple[float, bool]]:
@@ -192,8 +208,10 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def parse_model_args(text: str | None) -> dict[str, str]:
+def parse_model_args(text: str | None, *, flag: str = "--model-args") -> dict[str, str]:
     """Parse lm-eval style ``key=value,key=value`` model args into a dict of strings.
+
+    :param flag: the option named in error messages.
 
     :raises UsageError: a part is not exactly one ``key=value`` (no ``=``, an empty key, a second ``=``), or a
         key is given twice.
@@ -208,9 +226,9 @@ def parse_model_args(text: str | None) -> dict[str, str]:
         key, sep, value = part.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key or "=" in value:
-            raise UsageError(f"--model-args: {part!r} is not one key=value pair (e.g. "
+            raise UsageError(f"{flag}: {part!r} is not one key=value pair (e.g. "
                              "pretrained=./my-model,dtype=float32)")
         if key in out:
-            raise UsageError(f"--model-args: {key!r} is given twice")
+            raise UsageError(f"{flag}: {key!r} is given twice")
         out[key] = value
     return out

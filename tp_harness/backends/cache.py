@@ -53,8 +53,9 @@ _CHUNK = 500  # keys per SELECT (SQLite's variable limit is 32766; smaller chunk
 
 
 def default_cache_dir() -> Path:
-    """``$TP_CACHE_DIR``, else ``~/.cache/tp_harness`` (the same folder holds converted models)."""
-    return Path(os.environ.get("TP_CACHE_DIR") or Path.home() / ".cache" / "tp_harness")
+    """``$TP_CACHE_DIR``, else ``~/.cache/tp_harness``, ``~`` expanded: the one cache root (response cache,
+    converted embedded models, GGUF files and fetched wheels)."""
+    return Path(os.environ.get("TP_CACHE_DIR") or Path.home() / ".cache" / "tp_harness").expanduser()
 
 
 def model_key(identity: Mapping[str, Any]) -> str:

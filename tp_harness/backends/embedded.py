@@ -116,8 +116,10 @@ ZOO: dict[str, EmbeddedModel] = {
 
 
 def cache_dir() -> Path:
-    """The tp-harness cache root: ``$TP_CACHE_DIR`` or ``~/.cache/tp_harness``."""
-    return Path(os.environ.get("TP_CACHE_DIR") or Path.home() / ".cache" / "tp_harness").expanduser()
+    """The tp-harness cache root (:func:`tp_harness.backends.cache.default_cache_dir`)."""
+    from .cache import default_cache_dir
+
+    return default_cache_dir()
 
 
 def _sha256(path: Path) -> str:

@@ -1,14 +1,14 @@
 """The ``hf`` backend: any local transformers checkpoint, through ONE lm-eval ``HFLM`` per process.
 
 Owns building and reusing ``HFLM`` objects (keyed by checkpoint, dtype, device, batch size), so the
-scorer and the reference LLM share one model when they are the same. Never downloads from a hub:
-``pretrained`` must be a local directory.
+scorer and the reference LLM share one model when they are the same; every call returns a new
+:class:`LMBackend` wrapper around it. Never downloads from a hub: ``pretrained`` must be a local directory
+(``local_files_only``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,8 @@ from .base import LMBackend, fingerprint
 
 log = logging.getLogger(__name__)
 
-_LOADED: dict[tuple, LMBackend] = {}
+#: the loaded models of this process: ``(checkpoint, dtype, device, batch size) -> (HFLM, model_type, chat template hash)``
+_LOADED: dict[tuple, tuple[Any, Any, str | None]] = {}
 #: ``--batch-size auto`` on CPU: lm-eval's probe for the largest batch that fits is a GPU-memory search
 CPU_AUTO_BATCH = 16
 #: how many HFLM objects this process built (tests assert the model loads once)
@@ -39,7 +40,7 @@ def load_hflm(
     extra_identity: dict[str, Any] | None = None,
     loglikelihood_only: bool = False,
 ) -> LMBackend:
-    """Return the process-wide :class:`LMBackend` for a local HF checkpoint, building it on first use.
+    """A new :class:`LMBackend` over the process-wide ``HFLM`` of a local HF checkpoint (loaded on first use).
 
     :param checkpoint: a local directory with ``config.json``, weights and tokenizer files.
     :param dtype: ``float32`` (exact, the default for tests) or ``bfloat16`` (1.3-2x faster on CPU).
@@ -60,43 +61,45 @@ def load_hflm(
         bs: int | str = CPU_AUTO_BATCH if device == "cpu" else "auto"
     else:
         bs = int(batch_size)
-    key = (str(path.resolve()), dtype, device, str(bs), loglikelihood_only)
-    if key in _LOADED:
-        return _LOADED[key]
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    key = (str(path.resolve()), dtype, device, str(bs))
+    if key not in _LOADED:
+        _LOADED[key] = _load(path, backend_name=backend_name, dtype=dtype, batch_size=bs, device=device)
+    lm, model_type, chat_template = _LOADED[key]
+    identity = {
+        "backend": backend_name,
+        "checkpoint": str(path.resolve()),
+        "model_type": model_type,
+        "dtype": dtype,
+        "chat_template": chat_template,
+        **(extra_identity or {}),
+    }
+    return LMBackend(name=backend_name, lm=lm, identity=identity, checkpoint=str(path.resolve()),
+                     loglikelihood_only=loglikelihood_only)
+
+
+def _load(path: Path, *, backend_name: str, dtype: str, batch_size: int | str, device: str
+          ) -> tuple[Any, Any, str | None]:
+    """Load weights and tokenizer from a local directory into an lm-eval ``HFLM``: ``(HFLM, model_type, chat
+    template hash)``. :raises BackendError: unknown dtype, or the files cannot be loaded."""
     import torch
     import transformers
-
-    transformers.utils.logging.disable_progress_bar()
     from lm_eval.models.huggingface import HFLM
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
         raise BackendError(backend_name, f"unknown dtype {dtype!r}", "use float32, bfloat16 or float16")
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, local_files_only=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as err:
         raise BackendError(backend_name, f"cannot load {str(path)!r}: {err}", "check the checkpoint files") from err
     model.eval()
     if device != "cpu":
         model.to(device)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=bs, device=device)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
     LOAD_COUNT["hflm"] += 1
-    identity = {
-        "backend": backend_name,
-        "checkpoint": str(path.resolve()),
-        "model_type": getattr(model.config, "model_type", None),
-        "dtype": dtype,
-        "chat_template": _chat_template_hash(tokenizer),
-        **(extra_identity or {}),
-    }
-    backend = LMBackend(name=backend_name, lm=lm, identity=identity, checkpoint=str(path.resolve()),
-                        loglikelihood_only=loglikelihood_only)
-    _LOADED[key] = backend
     log.info("loaded %s from %s (%s)", backend_name, path, dtype)
-    return backend
+    return lm, getattr(model.config, "model_type", None), _chat_template_hash(tokenizer)
 
 
 def checkpoint_window(path: str | Path) -> int | None:
@@ -121,10 +124,9 @@ def checkpoint_window(path: str | Path) -> int | None:
 
 def count_checkpoint_tokens(path: str | Path, text: str) -> int:
     """Tokens of ``text`` under a local checkpoint's tokenizer, loaded alone (no weights)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

@@ -34,6 +34,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import BackendError
@@ -241,7 +242,10 @@ def make_openai_compatible_backend(model_args: dict[str, str], *, dtype: str = "
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     check_server(root, model=model, headers=headers)
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a tokenizer must be local: hubs are unreachable
+    if tokenizer and not (Path(tokenizer).expanduser() / "tokenizer_config.json").is_file():
+        raise BackendError(NAME, f"tokenizer={tokenizer} is not a local tokenizer directory (no tokenizer_config.json)",
+                           "pass tokenizer=/path/to/a/local/model/or/tokenizer (model hubs are not reachable from "
+                           "tp-harness)")
     from lm_eval.models.openai_completions import LocalChatCompletion, LocalCompletionsAPI
     from lm_eval.utils import handle_arg_string
 

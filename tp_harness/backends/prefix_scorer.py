@@ -165,18 +165,18 @@ class PrefixSharingScorer:
         return out
 
 
-def attach_prefix_scorer(backend: Any) -> bool:
-    """Give ``backend`` (an :class:`~tp_harness.backends.base.LMBackend` over an ``HFLM``) the prefix-sharing
-    scorer when its architecture is supported and ``TP_HARNESS_SCORER`` is not ``lm-eval``.
+def with_prefix_scorer(backend: Any) -> Any:
+    """``backend`` (an :class:`~tp_harness.backends.base.LMBackend` over an ``HFLM``) as a new wrapper with the
+    prefix-sharing scorer, when its architecture is supported and ``TP_HARNESS_SCORER`` is not ``lm-eval``;
+    otherwise ``backend`` itself. Never changes ``backend``.
 
-    Adds ``loglikelihood_scorer`` to the backend identity, so cached values never mix the two methods.
-    :return: whether the scorer was attached.
+    The new wrapper's identity carries ``loglikelihood_scorer``, so cached values never mix the two methods.
     """
     import os
 
     if os.environ.get("TP_HARNESS_SCORER", "").lower() == "lm-eval" or not PrefixSharingScorer.supports(backend.lm):
-        return False
-    if getattr(backend, "fast_loglikelihood", None) is None:
-        backend.fast_loglikelihood = PrefixSharingScorer(backend.lm)
-        backend.identity = {**backend.identity, "loglikelihood_scorer": SCORER_ID}
-    return True
+        return backend
+    if getattr(backend, "fast_loglikelihood", None) is not None:
+        return backend
+    return backend.with_options(fast_loglikelihood=PrefixSharingScorer(backend.lm),
+                                identity={**backend.identity, "loglikelihood_scorer": SCORER_ID})

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..constants import DEFAULT_REFERENCE_SHARE
 from ..evaluator import prompt_sha
 from .candidates import Candidate, evolve, hygiene, text_hash
 from .meta_prompt import Exemplar, build_meta_prompt, extract_instructions
@@ -67,7 +68,7 @@ class StageSettings:
 
     steps: int
     num_candidates: int = 8
-    reference_share: float = 0.5
+    reference_share: float = DEFAULT_REFERENCE_SHARE
     max_history: int = 20
     num_exemplars: int = 3
     max_chars: int = 500

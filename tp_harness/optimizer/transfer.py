@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from ..backends.base import LMBackend
+from ..constants import DEFAULT_REFERENCE_SHARE
 from ..evaluator import EvalJob, Evaluation, PreparedTask, count_scorer_requests, evaluate_jobs, prompt_sha
 from ..hookspecs import OptimizerDef, Registries, Registry, hookimpl
 from ..metrics import SampleRecord
@@ -28,7 +29,6 @@ from .meta_prompt import Exemplar
 
 log = logging.getLogger(__name__)
 
-MODES = ("two_stage", "no_transfer", "source_only")
 PROMPT_KINDS = ("original", "best_source", "best_target")
 
 
@@ -51,11 +51,22 @@ class RunStore(Protocol):
         """The records :meth:`write_samples` stored for (task, split, prompt kind); ``[]`` when none."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunContext:
-    """Everything one optimization run needs; built by the CLI (or the public API), passed down.
+    """Everything one optimization run needs; built once by ``prepare_run`` (CLI, API, sweep), then read-only.
 
-    :ivar progress: ``progress(label, total) -> Progress`` makes one progress bar per stage.
+    An optimizer reads it and never changes it: the ablation ``mode`` is decided before the run
+    (``OptimizerDef.mode`` or the user's flag) and recorded in config.json before the first step.
+
+    :ivar registries: every registered data format, metric, backend, optimizer and reporter.
+    :ivar scorer: the scorer LLM (the model under test); :ivar reference: the reference LLM (may be ``scorer``).
+    :ivar sources: prepared source tasks (empty in ``no_transfer``); :ivar targets: prepared target tasks.
+    :ivar budget: steps, candidates and split sizes; :ivar seed: the run's seed.
+    :ivar mode: one of :data:`tp_harness.constants.ABLATION_MODES`.
+    :ivar run: the run store (journal rows, samples, config.json).
+    :ivar progress: ``progress(label, total) -> Progress`` makes one progress bar per stage, or None.
+    :ivar reference_share: share of each step's candidates written by the reference LLM, in [0, 1].
+    :ivar optimizer_options: ``--optimizer-option KEY=VALUE`` pairs, for the optimizer to read.
     """
 
     registries: Registries
@@ -68,7 +79,8 @@ class RunContext:
     mode: str
     run: RunStore
     progress: Callable[[str, int], Progress] | None = None
-    reference_share: float = 0.5
+    reference_share: float = DEFAULT_REFERENCE_SHARE
+    optimizer_options: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -364,11 +376,6 @@ def _run_two_stage(ctx: RunContext) -> RunOutcome:
     return run_transfer(ctx)
 
 
-def _run_single_stage(ctx: RunContext) -> RunOutcome:
-    ctx.mode = "no_transfer"
-    return run_transfer(ctx)
-
-
 @hookimpl
 def tp_register_optimizers(registry: Registry[OptimizerDef]) -> None:
     registry.add("transfer", OptimizerDef(
@@ -376,5 +383,5 @@ def tp_register_optimizers(registry: Registry[OptimizerDef]) -> None:
         description="Transfer-Prompting (arXiv 2502.14211): source prompt construction, then target prompt "
                     "generation; --no-transfer and --source-only select the ablations"))
     registry.add("single-stage", OptimizerDef(
-        run=_run_single_stage,
+        run=run_transfer, mode="no_transfer",
         description="one OPRO-style stage on each target from its original instruction (no transfer)"))

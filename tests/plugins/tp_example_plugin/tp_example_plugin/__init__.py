@@ -1,32 +1,38 @@
 """tp-example-plugin: a complete tp-harness plugin with one contribution of each kind.
 
-Contributes, through the ``tp_register_<kind>s`` hooks of ``tp_harness.hookspecs``:
-- task source ``example-lines``: a data format of ``question|choice1;choice2;...|gold`` lines;
+Contributes, through the ``tp_register_<kind>s`` hooks (it imports only names in ``tp_harness.__all__``):
+- data format ``example-lines``: ``question|choice1;choice2;...|gold`` lines;
 - metric ``brier``: the Brier score of the parsed confidences (lower is better);
 - backend ``example-shortest``: a model-free baseline scorer that prefers the shortest answer;
+- backend ``example-logged``: wraps a built-in backend (``inner=embedded:smollm2-135m``) and logs every request
+  it passes on: how to extend a backend without copying it;
 - optimizer ``example-greedy``: scores the original instruction and a few fixed rewrites on the
   optimize split, picks on the validation split and reports on the test split;
 - reporter ``example-report``: writes ``example_report.txt`` into the run directory.
 
 tp-harness loads it through the ``tp_harness`` entry point declared in this package's
-``pyproject.toml`` (``example = "tp_example_plugin"``). Heavy tp-harness modules (the evaluator,
-the optimizer) are imported inside the optimizer, so ``tp-harness plugins`` stays fast.
+``pyproject.toml`` (``example = "tp_example_plugin"``). ``tp_harness`` loads its heavy names (the evaluator,
+the optimizer) on first use, so ``tp-harness plugins`` stays fast.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tp_harness import BackendDef, DataError, MetricDef, OptimizerDef, ReporterDef, TaskSourceDef, hookimpl
+import tp_harness
+from tp_harness import BackendDef, DataError, DataFormatDef, MetricDef, OptimizerDef, ReporterDef, hookimpl
+
+log = logging.getLogger(__name__)
 
 __version__ = "0.1.0"
 
 # ----------------------------------------------------------------------------------------------
-# Task source: the "example-lines" data format
+# Data format: "example-lines"
 
 
 def load_example_lines(path: Path, *, encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any]]]:
@@ -96,16 +102,72 @@ class ShortestAnswerLM:
         return ["Answer: A\nConfidence: 50%" for _ in requests]
 
 
-def make_shortest_backend(model_args: dict[str, str], **options: Any) -> Any:
-    """Backend factory of ``example-shortest``: a ``tp_harness.backends.base.LMBackend`` over :class:`ShortestAnswerLM`.
+def make_shortest_backend(model_args: dict[str, str], **options: Any) -> tp_harness.LMBackend:
+    """Backend factory of ``example-shortest``: a ``tp_harness.LMBackend`` over :class:`ShortestAnswerLM`.
 
     :param model_args: ``--model-args`` (none are used).
     :param options: dtype, batch_size, ... (ignored: there is no model).
     """
-    from tp_harness.backends.base import LMBackend
+    return tp_harness.LMBackend(name="example-shortest", lm=ShortestAnswerLM(),
+                                identity={"backend": "example-shortest", "version": __version__}, lm_eval_model="dummy")
 
-    return LMBackend(name="example-shortest", lm=ShortestAnswerLM(),
-                     identity={"backend": "example-shortest", "version": __version__}, lm_eval_model="dummy")
+
+# ----------------------------------------------------------------------------------------------
+# Backend: example-logged (wraps a built-in backend)
+
+
+class LoggedLM:
+    """A :class:`tp_harness.LanguageModel` that passes every request to ``inner`` and logs how many it passed.
+
+    :ivar seen: requests passed on, by request type (``loglikelihood``, ``generate_until``).
+    """
+
+    def __init__(self, inner: tp_harness.LanguageModel) -> None:
+        self.inner = inner
+        self.seen = {"loglikelihood": 0, "generate_until": 0}
+
+    # what tp-harness reads from a model besides the two request methods: the inner model's (nothing else is
+    # passed through, so tp-harness's own fast scorer, which needs the HF model itself, is not attached)
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.inner, "tokenizer", None)
+
+    @property
+    def max_length(self) -> Any:
+        return getattr(self.inner, "max_length", None)
+
+    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        return self.inner.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+
+    def loglikelihood(self, requests: Sequence[Any], disable_tqdm: bool = True) -> list[tuple[float, bool]]:
+        self.seen["loglikelihood"] += len(requests)
+        log.info("example-logged: %d loglikelihood requests", len(requests))
+        return self.inner.loglikelihood(requests, disable_tqdm=disable_tqdm)
+
+    def generate_until(self, requests: Sequence[Any], disable_tqdm: bool = True) -> list[str]:
+        self.seen["generate_until"] += len(requests)
+        log.info("example-logged: %d generate_until requests", len(requests))
+        return self.inner.generate_until(requests, disable_tqdm=disable_tqdm)
+
+
+def make_logged_backend(model_args: dict[str, str], **options: Any) -> tp_harness.LMBackend:
+    """Backend factory of ``example-logged``: the built-in backend ``inner`` (default ``embedded:smollm2-135m``),
+    its requests logged.
+
+    ``tp_harness.build_backend`` gives a new wrapper of the built-in (its model loads once per process);
+    ``with_options`` makes this backend's own wrapper from it, with the logging model and an identity of its own
+    (so its cache entries never mix with the built-in's). The built-in wrapper is not changed. Requests go
+    through lm-eval (``fast_loglikelihood=None``): the prefix-sharing scorer works on the HF model, not on ``lm``.
+
+    :param model_args: ``inner`` (a registered backend name) and the inner backend's own arguments.
+    :param options: ``dtype`` and ``batch_size``, passed on.
+    """
+    args = dict(model_args)
+    inner_name = args.pop("inner", "embedded:smollm2-135m")
+    inner = tp_harness.build_backend(inner_name, args, dtype=options.get("dtype", "float32"),
+                                     batch_size=int(options.get("batch_size", 16)))
+    return inner.with_options(name="example-logged", lm=LoggedLM(inner.lm), fast_loglikelihood=None,
+                              identity={**inner.identity, "wrapped_by": "example-logged"})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,22 +185,30 @@ def run_example_greedy(ctx: Any) -> Any:
     """Score the original instruction and :data:`REWRITES` on each target's optimize split, keep the best.
 
     Uses the same ``RunContext`` API as the built-in optimizers: the scorer through
-    ``tp_harness.evaluator.evaluate_jobs``, one journal row per scored candidate through
-    ``ctx.run.append`` (recalled on ``--resume``), the final choice on the validation split and the
-    test-split evaluations through ``tp_harness.optimizer.transfer``. Source tasks are not used.
+    ``tp_harness.evaluate_jobs``, one journal row per scored candidate through ``ctx.run.append`` (recalled on
+    ``--resume``), the final choice on the validation split and the test-split evaluations through
+    ``tp_harness.select_on_validation`` and ``tp_harness.final_evaluations``. Source tasks are not used: the
+    optimizer is registered with ``mode="no_transfer"``, so the run is recorded as such before it starts
+    (``ctx`` is frozen). ``--optimizer-option rewrites=N`` scores only the first N rewrites.
 
-    :param ctx: ``tp_harness.optimizer.transfer.RunContext``.
+    :param ctx: the frozen ``tp_harness.RunContext``.
     :return: ``RunOutcome`` with one ``TargetOutcome`` per target (prompts ``original`` and ``best_target``).
     """
-    from tp_harness.evaluator import EvalJob, evaluate_jobs, prompt_sha
-    from tp_harness.optimizer.loop import ScoredPrompt
-    from tp_harness.optimizer.transfer import RunOutcome, final_evaluations, select_on_validation
+    from tp_harness import (
+        EvalJob,
+        RunOutcome,
+        ScoredPrompt,
+        evaluate_jobs,
+        final_evaluations,
+        prompt_sha,
+        select_on_validation,
+    )
 
-    ctx.mode = "no_transfer"  # one stage on each target, from its original instruction
+    limit = int(ctx.optimizer_options.get("rewrites", len(REWRITES)))
     outcomes = []
     for target in ctx.targets:
         original = target.spec.tp.instruction
-        num_rewrites = max(1, min(len(REWRITES), ctx.budget.num_candidates))
+        num_rewrites = max(1, min(len(REWRITES), ctx.budget.num_candidates, limit))
         texts = [original, *(r.format(original=original) for r in REWRITES[:num_rewrites])]
         bar = ctx.progress(f"example-greedy ({target.name})", len(texts)) if ctx.progress else None
         history = []
@@ -202,9 +272,9 @@ def write_example_report(run_dir: Path, results: dict[str, Any], *, results_root
 
 
 @hookimpl
-def tp_register_tasks(registry):
+def tp_register_data_formats(registry):
     """Register the ``example-lines`` data format."""
-    registry.add("example-lines", TaskSourceDef(
+    registry.add("example-lines", DataFormatDef(
         load=load_example_lines, description="'question|choice1;choice2;...|gold' lines", suffixes=(".txt",)))
 
 
@@ -221,13 +291,16 @@ def tp_register_backends(registry):
     """Register the ``example-shortest`` backend."""
     registry.add("example-shortest", BackendDef(
         factory=make_shortest_backend, description="model-free baseline: the shortest answer option wins"))
+    registry.add("example-logged", BackendDef(
+        factory=make_logged_backend,
+        description="a built-in backend (inner=embedded:smollm2-135m) whose requests are logged: extends, not copies"))
 
 
 @hookimpl
 def tp_register_optimizers(registry):
     """Register the ``example-greedy`` optimizer."""
     registry.add("example-greedy", OptimizerDef(
-        run=run_example_greedy,
+        run=run_example_greedy, mode="no_transfer", options=("rewrites",),
         description="scores the original instruction and 3 fixed rewrites, keeps the best on validation"))
 
 
