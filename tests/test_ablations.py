@@ -51,7 +51,7 @@ def test_reference_llm_can_differ_from_the_scorer(tmp_path, embedded_backend, re
                                 reference_model_args=f"pretrained={embedded_backend.checkpoint},dtype=bfloat16",
                                 budget="smoke", results_dir=str(tmp_path), run_id="ref")
     ctx, projection = prepare_run(settings, registries)
-    assert ctx.scorer is embedded_backend and ctx.reference is not ctx.scorer and ctx.reference.name == "hf"
+    assert ctx.scorer.lm is embedded_backend.lm and ctx.reference.lm is not ctx.scorer.lm and ctx.reference.name == "hf"
     config = json.loads((tmp_path / "runs" / "ref" / "config.json").read_text())
     assert config["reference_model"] == "hf" and config["reference_identity"]["backend"] == "hf"
     assert config["reference_identity"]["dtype"] == "bfloat16" and config["scorer_identity"]["dtype"] == "float32"

@@ -8,7 +8,7 @@ import pytest
 
 from tp_harness.gates import Gate, GateSyntaxError, parse_gate
 from tp_harness.metrics import SampleRecord
-from tp_harness.pytest_plugin import GateOutcome, summary_rows, worst_samples
+from tp_harness.pytest_plugin import GateResult, summary_rows, worst_samples
 
 METRICS = {"acc", "acc_norm", "ifr", "ece", "auroc", "pr_p", "pr_n"}
 
@@ -77,7 +77,27 @@ def test_worst_samples_are_confident_wrong_answers_first_then_unparsed():
 
 
 def test_summary_rows_format_values_and_missing_ones():
-    rows = summary_rows([GateOutcome("id", "t", "acc >= 0.2", "best", "passed", 0.25, 0.2, 8),
-                         GateOutcome("id2", "t", "ifr >= 0.5", "best", "skipped", None, None, 8)])
+    rows = summary_rows([GateResult("id", "t", "acc >= 0.2", "best", "passed", 0.25, 0.2, 8),
+                         GateResult("id2", "t", "ifr >= 0.5", "best", "skipped", None, None, 8)])
     assert rows == [["t", "acc >= 0.2", "best", "0.2500", "0.2000", "8", "passed"],
                     ["t", "ifr >= 0.5", "best", "n/a", "n/a", "8", "skipped"]]
+
+
+@pytest.mark.parametrize(("gate", "value", "original", "applies", "status", "bound", "reason"), [
+    ("acc >= 0.25", 0.3, None, True, "passed", 0.25, ""),
+    ("acc >= 0.25", 0.2, None, True, "failed", 0.25, ""),
+    ("ece <= 0.3", float("nan"), None, True, "failed", 0.3, ""),  # NaN never passes
+    ("composite >= original - 0.02", 0.49, 0.5, True, "passed", 0.48, ""),
+    ("composite >= original - 0.02", 0.47, 0.5, True, "failed", 0.48, ""),
+    ("ifr >= 0.5", None, None, False, "skipped", None, "ifr does not apply to multiple_choice scoring (t)"),
+    ("auroc >= 0.5", None, None, True, "skipped", None, "auroc is undefined for t (multiple_choice, n=8)"),
+    ("auroc >= original", 0.6, None, True, "skipped", None, "auroc of the original prompt is undefined for t"),
+])
+def test_check_gate_is_a_pure_verdict(gate, value, original, applies, status, bound, reason) -> None:
+    from tp_harness.gates import GateOutcome, check_gate
+
+    verdict = check_gate(parse_gate(gate), value=value, original=original, applies=applies, task="t",
+                         output_type="multiple_choice", n=8)
+    assert isinstance(verdict, GateOutcome) and verdict.status == status
+    assert verdict.bound == (pytest.approx(bound) if bound is not None else None)
+    assert verdict.reason.startswith(reason)

@@ -297,9 +297,9 @@ def test_installed_example_plugin_end_to_end(installed_example, tmp_path) -> Non
 
     # optimize: the plugin's optimizer on the plugin's task; its reporter writes into the run directory
     results_dir = tmp_path / "results"
-    proc = _tp("optimize", "--specs", str(EXAMPLE_SPECS), "--target", "example_task", "--no-transfer",
-               "--optimizer", "example-greedy", "--budget", "smoke", "--results-dir", str(results_dir),
-               "--run-id", "example-run", env=env, cwd=tmp_path)
+    proc = _tp("optimize", "--specs", str(EXAMPLE_SPECS), "--target", "example_task",
+               "--optimizer", "example-greedy", "--optimizer-option", "rewrites=3", "--budget", "smoke",
+               "--results-dir", str(results_dir), "--run-id", "example-run", env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = results_dir / "runs" / "example-run"
     assert "example-greedy (example_task)" in proc.stderr  # its progress bar
@@ -307,6 +307,10 @@ def test_installed_example_plugin_end_to_end(installed_example, tmp_path) -> Non
     rewrites = [r for r in journal if r["stage"] == "target" and r["proposer"] == "example-greedy"]
     assert len(rewrites) == 3 and all("brier" in r["metrics"] for r in rewrites)
     results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    # the optimizer's mode (OptimizerDef.mode) was decided before the run: config.json and results.json agree
+    assert config["mode"] == results["tp"]["mode"] == "no_transfer" and config["settings"]["mode"] == "two_stage"
+    assert config["settings"]["optimizer_options"] == {"rewrites": "3"}
     kinds = {ev["prompt_kind"]: ev for ev in results["tp"]["evaluations"]}
     assert set(kinds) == {"original", "best_target"}
     assert all(0.0 <= ev["metrics"]["brier"] <= 1.0 for ev in kinds.values())
@@ -317,6 +321,32 @@ def test_installed_example_plugin_end_to_end(installed_example, tmp_path) -> Non
     for name in ("report.md", "trajectory.png", "reliability.png"):  # built-in reporters ran as well
         assert (run_dir / name).is_file(), name
     assert (results_dir / "LEADERBOARD.md").is_file()
+    refused = _tp("optimize", "--specs", str(EXAMPLE_SPECS), "--target", "example_task", "--optimizer",
+                  "example-greedy", "--optimizer-option", "rewrite=1", "--results-dir", str(results_dir),
+                  env=env, cwd=tmp_path, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
+        "tp-harness: error: --optimizer-option: optimizer 'example-greedy' does not read 'rewrite'; it reads: rewrites")
+
+
+@pytest.mark.slow
+def test_the_example_backend_extends_a_builtin_without_changing_it(installed_example, caplog) -> None:
+    """``example-logged`` wraps the built-in embedded backend through the public API: the same scores, its own
+    identity, every request passed through its model; the built-in wrapper is untouched."""
+    import tp_harness
+
+    regs = build_registries(get_plugin_manager())
+    caplog.set_level(logging.INFO, logger="tp_example_plugin")
+    logged = tp_harness.evaluate("example_task", spec_dirs=[EXAMPLE_SPECS], limit=8, model="example-logged",
+                                 registries=regs, cache=False)
+    builtin = tp_harness.evaluate("example_task", spec_dirs=[EXAMPLE_SPECS], limit=8, registries=regs, cache=False)
+    assert logged.metrics["acc"] == builtin.metrics["acc"]
+    assert logged.metrics["composite"] == pytest.approx(builtin.metrics["composite"], abs=1e-3)  # lm-eval vs prefix
+    assert any("example-logged: " in r.getMessage() and "loglikelihood requests" in r.getMessage()
+               for r in caplog.records)
+    backend = tp_harness.build_backend("example-logged", registries=regs)
+    plain = tp_harness.build_backend("embedded:smollm2-135m", registries=regs)
+    assert backend.identity["wrapped_by"] == "example-logged" and "wrapped_by" not in plain.identity
+    assert backend.lm.inner is plain.lm and plain.fast_loglikelihood is not None  # one model, the built-in intact
 
 
 def test_the_deprecated_tp_register_tasks_hook_still_registers_a_data_format_and_warns() -> None:

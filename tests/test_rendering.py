@@ -68,8 +68,9 @@ def test_a_spec_sets_its_default_and_the_flag_overrides_it(registries, tmp_path)
 
 
 #: what tp-harness reported before the switch (chat template always on): the committed sweep's original-prompt
-#: test evaluations of SmolLM2-135M-Instruct (results/runs/sweep-embedded-smollm2-135m-<task>-two_stage-sweep-s0,
-#: 32 test docs, 2026-11-22), whose spec formats this change left as they were
+#: test evaluations of SmolLM2-135M-Instruct (results/runs/sweep-embedded-smollm2-135m-<task>-two_stage-sweep-s0 as
+#: committed on 2026-11-22 and replaced on 2026-12-02 by the re-run under the new default; in git history up to
+#: 9c3b03e), 32 test docs, whose spec formats the switch left as they were
 TODAY = {
     "financial_phrasebank": {"acc": 0.09375, "ece": 0.5656533728938742, "auroc": 0.6436781609195402,
                              "composite": 0.32902977733444544},

@@ -5,7 +5,7 @@ prompt-optimization harness built on lm-evaluation-harness, with a pluggy regist
 behind them may move). Heavy names are loaded on first use, so ``import tp_harness`` stays fast.
 
 - Run things: :func:`evaluate`, :func:`optimize` (returns a :class:`RunResult`), :func:`load_spec`,
-  :func:`build_backend`, :func:`build_registries`.
+  :func:`build_backend`, :func:`build_registries`, :func:`get_plugin_manager`.
 - Write plugins: :data:`hookimpl`; the definitions :class:`DataFormatDef`, :class:`MetricDef`,
   :class:`BackendDef`, :class:`OptimizerDef`, :class:`ReporterDef`; :class:`Registry` and :class:`Registries`;
   the protocols :class:`LanguageModel`, :class:`ScorerBackend`, :class:`Optimizer`; the backend type
@@ -39,7 +39,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "evaluate": "api", "optimize": "api", "build_backend": "api", "RunResult": "api",
     "load_spec": "specs", "TaskSpec": "specs",
-    "build_registries": "plugins",
+    "build_registries": "plugins", "get_plugin_manager": "plugins",
     "LMBackend": "backends.base",
     "LanguageModel": "protocols", "ScorerBackend": "protocols", "Optimizer": "protocols",
     "EvalJob": "evaluator", "Evaluation": "evaluator", "evaluate_jobs": "evaluator", "prompt_sha": "evaluator",
@@ -53,6 +53,7 @@ _LAZY = {
 __all__ = [
     # run things
     "evaluate", "optimize", "RunResult", "load_spec", "TaskSpec", "build_backend", "build_registries",
+    "get_plugin_manager",
     # plugin contract
     "hookimpl", "Registry", "Registries", "DataFormatDef", "MetricDef", "BackendDef", "OptimizerDef", "ReporterDef",
     "TaskSourceDef", "LanguageModel", "ScorerBackend", "Optimizer", "LMBackend", "RunContext", "RunOutcome",
@@ -88,6 +89,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load on first
         final_evaluations,
         select_on_validation,
     )
-    from .plugins import build_registries
+    from .plugins import build_registries, get_plugin_manager
     from .protocols import LanguageModel, Optimizer, ScorerBackend
     from .specs import TaskSpec, load_spec

@@ -17,6 +17,7 @@ import operator
 import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Literal
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
@@ -77,6 +78,45 @@ class Gate:
         if value is None or math.isnan(value):
             return False
         return _OPS[self.op](value, self.bound(original))
+
+
+@dataclass(frozen=True, slots=True)
+class GateOutcome:
+    """The verdict of one gate on one evaluation (what :func:`check_gate` returns; the pytest item only applies it).
+
+    :ivar status: ``passed``, ``failed`` or ``skipped`` (the gate cannot be checked: see ``reason``).
+    :ivar value: the metric's value for the gated prompt (None when undefined).
+    :ivar bound: the number it was compared with (None when skipped before a bound exists).
+    :ivar reason: why it was skipped (empty otherwise).
+    """
+
+    status: Literal["passed", "failed", "skipped"]
+    value: float | None
+    bound: float | None = None
+    reason: str = ""
+
+
+def check_gate(gate: Gate, *, value: float | None, original: float | None, applies: bool, task: str,
+               output_type: str, n: int) -> GateOutcome:
+    """Check ``gate`` on one evaluation: pure, no model, no pytest (as pytest's ``evaluate_skip_marks``).
+
+    :param value: the gated prompt's value of ``gate.metric`` (None: undefined for these records).
+    :param original: the original prompt's value of the metric (used by a regression gate; None: undefined).
+    :param applies: whether the metric applies to ``output_type`` at all (``MetricDef.output_types``).
+    :param task, output_type, n: the evaluation's task name, lm-eval ``output_type`` and number of docs (for reasons).
+    :return: a :class:`GateOutcome`: skipped when the value (or a regression gate's original) is undefined or the
+        metric does not apply; else passed or failed with the bound it was compared with.
+    """
+    if value is None:
+        if not applies:
+            return GateOutcome("skipped", None, reason=f"{gate.metric} does not apply to {output_type} scoring ({task})")
+        return GateOutcome("skipped", None, reason=f"{gate.metric} is undefined for {task} ({output_type}, n={n}): "
+                                                   "every answer was right, or every answer was wrong")
+    if gate.relative and original is None:
+        return GateOutcome("skipped", value, reason=f"{gate.metric} of the original prompt is undefined for {task}; "
+                                                    "nothing to compare with")
+    bound = gate.bound(original)
+    return GateOutcome("passed" if gate.check(value, original) else "failed", value, bound)
 
 
 def _num(value: float) -> str:

@@ -34,7 +34,7 @@ import pytest
 
 from .constants import DEFAULT_MODEL
 from .errors import TpHarnessError
-from .gates import Gate, parse_gate
+from .gates import Gate, check_gate, parse_gate
 
 PROMPT_KINDS = ("original", "best")
 WORST_SAMPLES = 3
@@ -137,8 +137,8 @@ class PromptChoice:
 
 
 @dataclass
-class GateOutcome:
-    """One gate's result, for the terminal summary, JUnit properties and ``$GITHUB_STEP_SUMMARY``."""
+class GateResult:
+    """One gate item's result, for the terminal summary, JUnit properties and ``$GITHUB_STEP_SUMMARY``."""
 
     nodeid: str
     task: str
@@ -179,7 +179,7 @@ class TpSession:
     optimize: bool
     chat_template: str | None = None
     backend_loads: int = 0
-    outcomes: list[GateOutcome] = field(default_factory=list)
+    outcomes: list[GateResult] = field(default_factory=list)
     _registries: Any = None
     _backend: Any = None
     _prepared: dict[str, Any] = field(default_factory=dict)
@@ -451,26 +451,21 @@ class GateItem(pytest.Item):
         choice = session.prompt(task, self.prompt_kind)
         value = ev.metrics.get(gate.metric)
         original = session.evaluation(task, "original").metrics.get(gate.metric) if gate.relative else None
-        outcome = GateOutcome(self.nodeid, task, gate.text, self.prompt_kind, "skipped", value, None, ev.n)
-        session.outcomes.append(outcome)
+        metrics = session.registries.metrics
+        applies = gate.metric not in metrics.names() or ev.output_type in metrics.get(gate.metric).output_types
+        verdict = check_gate(gate, value=value, original=original, applies=applies, task=task,
+                             output_type=ev.output_type, n=ev.n)
+        # apply the verdict: record it, then pass, skip or fail the item
+        session.outcomes.append(GateResult(self.nodeid, task, gate.text, self.prompt_kind, verdict.status, value,
+                                           verdict.bound, ev.n))
         self.user_properties += [("tp_task", task), ("tp_gate", gate.text), ("tp_prompt", self.prompt_kind),
                                  ("tp_prompt_origin", choice.origin), ("tp_n", ev.n)]
         self.user_properties += [(f"tp_{k}", v) for k, v in ev.metrics.items() if v is not None]
-        if value is None:
-            names = session.registries.metrics.names()
-            if gate.metric in names and ev.mode not in session.registries.metrics.get(gate.metric).output_types:
-                pytest.skip(f"{gate.metric} does not apply to {ev.mode} scoring ({task})")
-            pytest.skip(f"{gate.metric} is undefined for {task} ({ev.mode}, n={ev.n}): every answer was right, "
-                        "or every answer was wrong")
-        if gate.relative and original is None:
-            pytest.skip(f"{gate.metric} of the original prompt is undefined for {task}; nothing to compare with")
-        outcome.bound = gate.bound(original)
-        self.user_properties.append(("tp_threshold", outcome.bound))
-        if gate.check(value, original):
-            outcome.outcome = "passed"
-            return
-        outcome.outcome = "failed"
-        raise GateFailure(self._failure_report(session, ev, choice, value, outcome.bound, original))
+        if verdict.status == "skipped":
+            pytest.skip(verdict.reason)
+        self.user_properties.append(("tp_threshold", verdict.bound))
+        if verdict.status == "failed":
+            raise GateFailure(self._failure_report(session, ev, choice, value, verdict.bound, original))
 
     def _failure_report(self, session: TpSession, ev: Any, choice: PromptChoice, value: float, bound: float,
                         original: float | None) -> str:
@@ -586,7 +581,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-def summary_rows(outcomes: Sequence[GateOutcome]) -> list[list[str]]:
+def summary_rows(outcomes: Sequence[GateResult]) -> list[list[str]]:
     """Rows of the gate summary table: task, gate, prompt, value, threshold, n, outcome."""
     def fmt(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.4f}"

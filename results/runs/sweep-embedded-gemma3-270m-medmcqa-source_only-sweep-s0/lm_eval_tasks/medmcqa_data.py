@@ -15,16 +15,17 @@ SCORING = {'task': 'medmcqa',
  'output_type': 'multiple_choice',
  'lm_eval': {'output_type': 'multiple_choice',
              'doc_to_text': 'Question: {{question}}\n'
-                            'A. {{options.A}}\n'
-                            'B. {{options.B}}\n'
-                            'C. {{options.C}}\n'
-                            'D. {{options.D}}\n'
+                            'Choices:\n'
+                            'A. {{opa}}\n'
+                            'B. {{opb}}\n'
+                            'C. {{opc}}\n'
+                            'D. {{opd}}\n'
                             'Answer:',
-             'doc_to_choice': '{{[options.A, options.B, options.C, options.D]}}',
-             'doc_to_target': "{{['A', 'B', 'C', 'D'].index(answer_idx)}}",
+             'doc_to_choice': ['A', 'B', 'C', 'D'],
+             'doc_to_target': 'cop',
              'target_delimiter': ' '},
  'answer_format': None,
- 'metrics': ['acc', 'ece', 'auroc', 'pr_p', 'pr_n'],
+ 'metrics': ['acc', 'acc_norm', 'ece', 'auroc', 'pr_p', 'pr_n'],
  'weights': {'acc': 0.35, 'ifr': 0.25, 'ece': 0.2, 'auroc': 0.1, 'pr_p': 0.05, 'pr_n': 0.05},
  'extra_metrics': []}
 

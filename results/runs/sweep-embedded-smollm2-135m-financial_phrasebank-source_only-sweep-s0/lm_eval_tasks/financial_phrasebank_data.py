@@ -19,7 +19,7 @@ SCORING = {'task': 'financial_phrasebank',
              'doc_to_target': "{{['negative', 'neutral', 'positive'].index(label)}}",
              'target_delimiter': ' '},
  'answer_format': None,
- 'metrics': ['acc', 'ece', 'auroc', 'pr_p', 'pr_n'],
+ 'metrics': ['acc', 'acc_norm', 'ece', 'auroc', 'pr_p', 'pr_n'],
  'weights': {'acc': 0.35, 'ifr': 0.25, 'ece': 0.2, 'auroc': 0.1, 'pr_p': 0.05, 'pr_n': 0.05},
  'extra_metrics': []}
 

@@ -71,7 +71,7 @@ def load_example_lines(path: Path, *, encoding: str = "utf-8") -> Iterator[tuple
 def brier_score(records: Sequence[Any]) -> float | None:
     """Brier score: mean squared difference between the confidence and correctness (1 or 0).
 
-    Shapes: ``records`` are the ``tp_harness.metrics.SampleRecord`` of one evaluation; only those
+    Shapes: ``records`` are the ``tp_harness.SampleRecord`` of one evaluation; only those
     with a parsed ``confidence`` (a probability in [0, 1]) count.
     Returns: a float in [0, 1], lower is better (0: every answer right with confidence 1 and every wrong
     one with confidence 0; 0.25: always 50% confident); ``None`` when no record has a confidence.
