@@ -17,7 +17,7 @@ from tp_harness.data import (
     load_phrasebank,
     load_tsv,
     split_docs,
-    tp_register_tasks,
+    tp_register_data_formats,
 )
 from tp_harness.errors import DataError, SpecError
 from tp_harness.hookspecs import Registry, TaskSourceDef
@@ -27,7 +27,7 @@ from tp_harness.specs import TaskSpec, load_spec
 @pytest.fixture
 def sources() -> Registry[TaskSourceDef]:
     registry: Registry[TaskSourceDef] = Registry("task source", TaskSourceDef)
-    tp_register_tasks(registry)
+    tp_register_data_formats(registry)
     return registry
 
 

@@ -11,7 +11,7 @@ import pytest
 from lm_eval.config.task import TaskConfig
 from lm_eval.utils import apply_template
 
-from tp_harness.data import load_docs, split_docs, tp_register_tasks
+from tp_harness.data import load_docs, split_docs, tp_register_data_formats
 from tp_harness.errors import SpecError
 from tp_harness.hookspecs import Registry, TaskSourceDef
 from tp_harness.spec_yaml import FunctionRef
@@ -44,7 +44,7 @@ GENERATE_ONLY = {"gsm8k"}
 @pytest.fixture(scope="module")
 def sources() -> Registry[TaskSourceDef]:
     registry: Registry[TaskSourceDef] = Registry("task source", TaskSourceDef)
-    tp_register_tasks(registry)
+    tp_register_data_formats(registry)
     return registry
 
 

@@ -108,7 +108,7 @@ def check_server(root: str, *, model: str, headers: dict[str, str], timeout: flo
     return listed
 
 
-@dataclass
+@dataclass(frozen=True)
 class OpenAICompatibleBackend(LMBackend):
     """An :class:`LMBackend` over lm-eval's ``local-completions`` / ``local-chat-completions`` model.
 
