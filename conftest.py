@@ -1,6 +1,6 @@
 """Repository-level pytest configuration.
 
-The tp-harness pytest plugin (``tp_harness.pytest_plugin``, entry point ``pytest11``) is active here as it
+The tp-harness pytest plugin (``tp_harness.entrypoints.pytest_plugin``, entry point ``pytest11``) is active here as it
 is in any project that installs tp-harness: ``pytest -m tp --tp-model=embedded:smollm2-135m --tp-limit 8``
 at this root gates every spec in ``task_specs/`` (``tp_specs`` in pyproject.toml) against the best prompts
 stored under ``results/`` (``tp_results_dir``). Without ``--tp-model`` it collects nothing, so the plain

@@ -31,9 +31,9 @@ def main() -> None:
     import torch
     from tabulate import tabulate
 
-    from tp_harness.evaluator import EvalJob, evaluate_jobs, prepare_task
-    from tp_harness.plugins import build_registries
-    from tp_harness.runner import build_backend, load_specs
+    from tp_harness.evaluation.evaluator import EvalJob, evaluate_jobs, prepare_task
+    from tp_harness.plugin.manager import build_registries
+    from tp_harness.runs.runner import build_backend, load_specs
 
     registries = build_registries()
     specs = load_specs(args.tasks.split(","), [], registries)

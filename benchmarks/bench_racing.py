@@ -64,9 +64,9 @@ def run_one(registries, budget, *, task: str, seed: int, results_dir: Path, dtyp
             run_id: str) -> dict:
     """One real optimization (``--no-transfer``, scorer cache off); returns its counts and test composites."""
     from tp_harness.backends.cache import open_cache
-    from tp_harness.evaluator import count_scorer_requests
+    from tp_harness.evaluation.evaluator import count_scorer_requests
     from tp_harness.optimizer.budget import BUDGETS
-    from tp_harness.runner import OptimizeSettings, _call_counts, finish_run, prepare_run
+    from tp_harness.runs.runner import OptimizeSettings, _call_counts, finish_run, prepare_run
 
     BUDGETS[budget.name] = budget  # prepare_run looks the budget up by name
     settings = OptimizeSettings(targets=[task], sources=[], mode="no_transfer", budget=budget.name, seed=seed,
@@ -152,10 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.basicConfig(level=logging.WARNING)
-    from tp_harness.plugins import build_registries
+    from tp_harness.plugin.manager import build_registries
 
     registries = build_registries()
-    from tp_harness.runner import build_backend
+    from tp_harness.runs.runner import build_backend
 
     build_backend("embedded:smollm2-135m", "", registries, dtype=args.dtype, batch_size="16", cache=False)  # load once,
     # before anything is timed (run_optimize gets the same process-wide backend back)

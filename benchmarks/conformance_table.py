@@ -43,17 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task-dir", type=Path, default=None)
     args = p.parse_args(argv)
 
-    from tp_harness.conformance import (
+    from tp_harness.evaluation.evaluator import EvalJob, evaluate_jobs, prepare_task
+    from tp_harness.interop.conformance import (
         check_conformance,
         prepare_upstream,
         stock_model,
         upstream_config,
         write_stock_task,
     )
-    from tp_harness.evaluator import EvalJob, evaluate_jobs, prepare_task
-    from tp_harness.plugins import build_registries
-    from tp_harness.runner import build_backend, load_specs, spec_index
-    from tp_harness.specs import load_spec
+    from tp_harness.plugin.manager import build_registries
+    from tp_harness.runs.runner import build_backend, load_specs, spec_index
+    from tp_harness.spec.schema import load_spec
 
     registries = build_registries()
     if args.write_task:

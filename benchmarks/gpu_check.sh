@@ -34,9 +34,9 @@ echo "gpu_check: checkpoint $CKPT"
 
 "$PY" - "$CKPT" "$TASK" "$LIMIT" <<'PYEOF'
 import sys, time
-from tp_harness.evaluator import EvalJob, evaluate_jobs, prepare_task
-from tp_harness.plugins import build_registries, get_plugin_manager
-from tp_harness.runner import build_backend, load_specs
+from tp_harness.evaluation.evaluator import EvalJob, evaluate_jobs, prepare_task
+from tp_harness.plugin.manager import build_registries, get_plugin_manager
+from tp_harness.runs.runner import build_backend, load_specs
 
 ckpt, task, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
 reg = build_registries(get_plugin_manager(entry_points=False))

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def registries():
     """The built-in plugin registries (no external plugins, whatever is installed)."""
-    from tp_harness.plugins import build_registries, get_plugin_manager
+    from tp_harness.plugin.manager import build_registries, get_plugin_manager
 
     return build_registries(get_plugin_manager(entry_points=False))
 
@@ -21,7 +21,7 @@ def registries():
 @pytest.fixture(scope="session")
 def embedded_backend(registries):
     """The real embedded default model, loaded once per test session."""
-    from tp_harness.runner import build_backend
+    from tp_harness.runs.runner import build_backend
 
     return build_backend("embedded:smollm2-135m", "", registries, dtype="float32", batch_size="16")
 

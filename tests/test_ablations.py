@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tp_harness.cli import main
-from tp_harness.runner import OptimizeSettings, prepare_run
+from tp_harness.entrypoints.cli import main
+from tp_harness.runs.runner import OptimizeSettings, prepare_run
 
 pytestmark = pytest.mark.slow
 

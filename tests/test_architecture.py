@@ -19,7 +19,7 @@ def test_import_contracts_are_kept():
 
 
 def test_help_does_not_import_heavy_modules():
-    code = "import sys, tp_harness.cli as c; c.build_parser(); print(sorted(m for m in ('torch','lm_eval','transformers') if m in sys.modules))"
+    code = "import sys, tp_harness.entrypoints.cli as c; c.build_parser(); print(sorted(m for m in ('torch','lm_eval','transformers') if m in sys.modules))"
     proc = subprocess.run(["python", "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"

@@ -9,8 +9,8 @@ import pytest
 
 from tp_harness.backends import hf
 from tp_harness.errors import BackendError
-from tp_harness.evaluator import EvalJob, evaluate_jobs, prepare_task
-from tp_harness.runner import build_backend, load_specs
+from tp_harness.evaluation.evaluator import EvalJob, evaluate_jobs, prepare_task
+from tp_harness.runs.runner import build_backend, load_specs
 
 pytestmark = pytest.mark.slow
 

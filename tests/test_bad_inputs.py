@@ -1,6 +1,6 @@
 """Bad inputs and faults, tried as a careful user and as an attacker would (issue 13).
 
-Every case runs the real command line (``tp_harness.cli.main``, or ``python -m tp_harness`` in a subprocess where
+Every case runs the real command line (``tp_harness.entrypoints.cli.main``, or ``python -m tp_harness`` in a subprocess where
 the process boundary matters) and asserts exit code 2, no traceback, one ``tp-harness: error:`` line and a
 message that names the thing: the file and line, the field, the flag, the plugin, the holder of a lock.
 Cases are grouped by what the harness does with them:
@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tp_harness.cli import main
+from tp_harness.entrypoints.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 EXPLOIT = "{{ cycler.__init__.__globals__.os.popen('touch PWNED').read() }}"
@@ -244,8 +244,8 @@ def test_clear_answer_index_out_of_range(tmp_path, capsys):
 
 def test_clear_bad_label_in_a_split_that_is_not_evaluated(tmp_path, capsys):
     """Every split is checked, whatever --split and --limit evaluate: one bad row anywhere is found."""
-    from tp_harness.data import split_indices
-    from tp_harness.specs import load_spec
+    from tp_harness.data.formats import split_indices
+    from tp_harness.spec.schema import load_spec
 
     specs = make_task(tmp_path / "s")
     test_index = split_indices(load_spec(specs / "tiny.yaml"), len(ROWS))["test"][-1]
@@ -273,8 +273,8 @@ def test_clear_same_data_file_listed_twice(tmp_path, capsys):
 
 
 def test_clear_same_row_in_two_splits(tmp_path, capsys):
-    from tp_harness.data import split_indices
-    from tp_harness.specs import load_spec
+    from tp_harness.data.formats import split_indices
+    from tp_harness.spec.schema import load_spec
 
     specs = make_task(tmp_path / "s")
     idx = split_indices(load_spec(specs / "tiny.yaml"), len(ROWS))
@@ -470,7 +470,7 @@ def test_survived_cache_clear_deletes_an_unreadable_cache(tmp_path, capsys):
 # CLEAR / REFUSED: run directories given to --resume (all refused before any model loads)
 
 def _fake_run(tmp_path: Path, *, settings: dict | None = None, journal: bytes = b"") -> Path:
-    from tp_harness.runner import OptimizeSettings
+    from tp_harness.runs.runner import OptimizeSettings
 
     run = tmp_path / "results" / "runs" / "r1"
     (run / "samples").mkdir(parents=True)
@@ -487,7 +487,7 @@ def test_clear_resume_of_a_directory_that_is_not_a_run(tmp_path, capsys):
 
 
 def test_clear_resume_with_an_unknown_key_in_config(tmp_path, capsys):
-    from tp_harness.runner import OptimizeSettings
+    from tp_harness.runs.runner import OptimizeSettings
 
     run = _fake_run(tmp_path, settings={**OptimizeSettings().__dict__, "modle": "x"})
     code, err = run_cli(capsys, "optimize", "--resume", str(run))
@@ -517,7 +517,7 @@ def test_clear_resume_with_a_damaged_journal_line(tmp_path, capsys):
 
 def test_refused_second_writer_names_the_holder_and_leaves_the_journal_alone(tmp_path, capsys):
     """A live holder of the run's lock (here: this process, through another open of the lock file)."""
-    from tp_harness.journal import RunDir
+    from tp_harness.store.journal import RunDir
 
     run = _fake_run(tmp_path, journal=b'{"stage": "source", "step": 0}\n{"stage": "source", "step": 1')
     before = (run / "journal.jsonl").read_bytes()
@@ -534,7 +534,7 @@ def test_refused_second_writer_names_the_holder_and_leaves_the_journal_alone(tmp
 
 def test_survived_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
     """A lock file left by a process that died (its flock gone with it) is taken over, with a warning."""
-    from tp_harness.journal import LOCK, RunDir
+    from tp_harness.store.journal import LOCK, RunDir
 
     run = _fake_run(tmp_path)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -657,7 +657,7 @@ def test_survived_exported_instruction_renders_to_exactly_its_text_in_a_plain_ji
     """What lm-eval does with an exported ``description``, with lm-eval's own unsandboxed Environment."""
     import jinja2
 
-    from tp_harness.specs import lm_eval_description
+    from tp_harness.spec.schema import lm_eval_description
 
     monkeypatch.chdir(tmp_path)
     plain = jinja2.Environment(loader=jinja2.BaseLoader(), undefined=jinja2.StrictUndefined,
@@ -679,9 +679,9 @@ def test_survived_old_raw_wrapper_would_have_run_the_command(tmp_path, monkeypat
 def test_survived_stock_lm_eval_loads_and_runs_an_adversarial_export_and_nothing_executes(tmp_path, registries):
     """Export a task whose best prompt is the attack, then run it with stock ``lm-eval`` on the embedded model."""
     from tp_harness.backends.embedded import ZOO, ensure_checkpoint
-    from tp_harness.evaluator import prepare_task
-    from tp_harness.runner import export_prepared_task
-    from tp_harness.specs import load_spec
+    from tp_harness.evaluation.evaluator import prepare_task
+    from tp_harness.runs.runner import export_prepared_task
+    from tp_harness.spec.schema import load_spec
 
     specs = make_task(tmp_path / "specs")
     prep = prepare_task(load_spec(specs / "tiny.yaml"), data_formats=registries.data_formats)

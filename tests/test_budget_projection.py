@@ -99,7 +99,7 @@ REAL = Budget("test-projection", steps=2, num_candidates=4, optimize_n=12, valid
 
 @pytest.mark.slow
 def test_real_run_makes_the_projected_scorer_calls(tmp_path, monkeypatch, registries):
-    from tp_harness.runner import OptimizeSettings, run_optimize
+    from tp_harness.runs.runner import OptimizeSettings, run_optimize
 
     monkeypatch.setitem(BUDGETS, REAL.name, REAL)
     settings = OptimizeSettings(targets=["financial_phrasebank"], sources=[], mode="no_transfer",

@@ -178,8 +178,8 @@ def test_two_processes_writing_the_same_cache_lose_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_cached_and_uncached_scores_are_identical_on_the_real_model(tmp_path, registries, embedded_backend):
-    from tp_harness.evaluator import EvalJob, evaluate_jobs, prepare_task
-    from tp_harness.runner import load_specs
+    from tp_harness.evaluation.evaluator import EvalJob, evaluate_jobs, prepare_task
+    from tp_harness.runs.runner import load_specs
 
     (spec,) = load_specs(["commonsenseqa"], [], registries)
     prep = prepare_task(spec, data_formats=registries.data_formats, caps={"test": 8})
@@ -198,7 +198,7 @@ def test_cached_and_uncached_scores_are_identical_on_the_real_model(tmp_path, re
 
 
 def test_cache_cli_stats_and_clear(tmp_path, capsys):
-    from tp_harness.cli import main
+    from tp_harness.entrypoints.cli import main
 
     cache = ResponseCache(tmp_path / "responses.sqlite")
     cache.put_many([("k1", "m1", "loglikelihood", [-1.0, True]), ("k2", "m2", "loglikelihood", [-2.0, False])])

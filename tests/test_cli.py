@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tp_harness.cli import main
+from tp_harness.entrypoints.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = (REPO / "task_specs" / "financial_phrasebank.yaml").read_text()

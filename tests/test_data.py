@@ -1,4 +1,4 @@
-"""Tests of tp_harness.data: the built-in data formats, load_docs and the seeded splits."""
+"""Tests of tp_harness.data.formats: the built-in data formats, load_docs and the seeded splits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tp_harness.data import (
+from tp_harness.data.formats import (
     load_bbh,
     load_csv,
     load_docs,
@@ -20,8 +20,8 @@ from tp_harness.data import (
     tp_register_data_formats,
 )
 from tp_harness.errors import DataError, SpecError
-from tp_harness.hookspecs import Registry, TaskSourceDef
-from tp_harness.specs import TaskSpec, load_spec
+from tp_harness.plugin.hookspecs import Registry, TaskSourceDef
+from tp_harness.spec.schema import TaskSpec, load_spec
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests of tp_harness.export: lm-eval results schema and the exported stock lm-eval tasks (YAML, docs, loader)."""
+"""Tests of tp_harness.interop.export: lm-eval results schema and the exported stock lm-eval tasks (YAML, docs, loader)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tp_harness.export import export_task_yaml, lm_eval_results
-from tp_harness.specs import lm_eval_description
+from tp_harness.interop.export import export_task_yaml, lm_eval_results
+from tp_harness.spec.schema import lm_eval_description
 
 ORIGINAL = "Answer the following medical exam question by choosing the correct option."
 BEST = 'Read the question twice.\nEliminate wrong options: then answer "A", "B", "C" or "D".'

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from tp_harness.gates import Gate, GateSyntaxError, parse_gate
-from tp_harness.metrics import SampleRecord
-from tp_harness.pytest_plugin import GateResult, summary_rows, worst_samples
+from tp_harness.entrypoints.pytest_plugin import GateResult, summary_rows, worst_samples
+from tp_harness.evaluation.metrics import SampleRecord
+from tp_harness.spec.gates import Gate, GateSyntaxError, parse_gate
 
 METRICS = {"acc", "acc_norm", "ifr", "ece", "auroc", "pr_p", "pr_n"}
 
@@ -94,7 +94,7 @@ def test_summary_rows_format_values_and_missing_ones():
     ("auroc >= original", 0.6, None, True, "skipped", None, "auroc of the original prompt is undefined for t"),
 ])
 def test_check_gate_is_a_pure_verdict(gate, value, original, applies, status, bound, reason) -> None:
-    from tp_harness.gates import GateOutcome, check_gate
+    from tp_harness.spec.gates import GateOutcome, check_gate
 
     verdict = check_gate(parse_gate(gate), value=value, original=original, applies=applies, task="t",
                          output_type="multiple_choice", n=8)

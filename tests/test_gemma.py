@@ -57,14 +57,14 @@ def test_zoo_lists_gemma_as_a_base_model_with_its_license_and_parts() -> None:
 
 @pytest.fixture(scope="module")
 def gemma(registries):
-    from tp_harness.runner import build_backend
+    from tp_harness.runs.runner import build_backend
 
     return build_backend("embedded:gemma3-270m", "", registries, dtype="float32", batch_size="16", cache=False)
 
 
 @pytest.mark.slow
 def test_gemma_scores_multiple_choice_docs(gemma, registries) -> None:
-    from tp_harness.runner import evaluate_prompt
+    from tp_harness.runs.runner import evaluate_prompt
 
     assert gemma.loglikelihood_only and not gemma.has_chat_template
     assert gemma.identity["gguf_sha256"].startswith("a5fd3b62") and gemma.identity["model_type"] == "gemma3_text"
@@ -79,7 +79,7 @@ def test_gemma_scores_multiple_choice_docs(gemma, registries) -> None:
 
 @pytest.mark.slow
 def test_gemma_refuses_generate_until_scoring_with_a_clear_error(gemma, registries) -> None:
-    from tp_harness.runner import evaluate_prompt
+    from tp_harness.runs.runner import evaluate_prompt
 
     with pytest.raises(BackendError, match="embedded:gemma3-270m'?: is a base model without a chat template: it scores "
                                            r"multiple_choice \(loglikelihood\) tasks only.*\n  to fix: score in "
@@ -90,7 +90,7 @@ def test_gemma_refuses_generate_until_scoring_with_a_clear_error(gemma, registri
 
 @pytest.mark.slow
 def test_gemma_cannot_be_the_reference_llm_and_defaults_to_smollm2(gemma, registries, tmp_path) -> None:
-    from tp_harness.runner import OptimizeSettings, prepare_run
+    from tp_harness.runs.runner import OptimizeSettings, prepare_run
 
     with pytest.raises(BackendError, match="cannot be the reference LLM"):
         gemma.sample("Write an instruction.", num_samples=1, temperature=1.0, max_tokens=8, seed=0)
@@ -112,8 +112,8 @@ def test_prefix_sharing_scorer_agrees_with_lm_eval_on_gemma_incl_the_sliding_win
     """Gemma 3 gets the prefix-sharing scorer; it matches lm-eval's HFLM to 1e-4 on real requests and on a
     group whose packed length exceeds the 512-token sliding window (which lm-eval scores unpacked)."""
     from tp_harness.backends.prefix_scorer import SCORER_ID, PrefixSharingScorer
-    from tp_harness.evaluator import prepare_task, render_context
-    from tp_harness.runner import load_specs
+    from tp_harness.evaluation.evaluator import prepare_task, render_context
+    from tp_harness.runs.runner import load_specs
 
     assert isinstance(gemma.fast_loglikelihood, PrefixSharingScorer)
     assert gemma.identity["loglikelihood_scorer"] == SCORER_ID

@@ -1,4 +1,4 @@
-"""Tests of tp_harness.journal: the run directory, the append-only journal, torn-line repair and atomic writes."""
+"""Tests of tp_harness.store.journal: the run directory, the append-only journal, torn-line repair and atomic writes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tp_harness.errors import RunError
-from tp_harness.journal import JOURNAL, RunDir, atomic_write_json, make_run_id, read_jsonl
+from tp_harness.store.journal import JOURNAL, RunDir, atomic_write_json, make_run_id, read_jsonl
 
 ROWS = [
     {"stage": "source", "task": "medqa", "step": 0, "prompt_sha": "aaaa000000000000", "metrics": {"composite": 0.4}},
@@ -186,7 +186,7 @@ def test_written_files_follow_the_umask(tmp_path: Path, umask: int) -> None:
     import os
 
     from tp_harness.files import atomic_write_text
-    from tp_harness.plots import plot_metric_bars
+    from tp_harness.reporting.plots import plot_metric_bars
 
     old = os.umask(umask)
     try:

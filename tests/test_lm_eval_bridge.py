@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from tp_harness.errors import MetricInputError, PluginError
-from tp_harness.evaluator import EvalJob, evaluate_jobs, prepare_task
-from tp_harness.runner import export_prepared_task, load_specs
+from tp_harness.evaluation.evaluator import EvalJob, evaluate_jobs, prepare_task
+from tp_harness.runs.runner import export_prepared_task, load_specs
 
 TASK = "financial_phrasebank"
 INSTRUCTION = "Classify the sentiment of the sentence. Reply 'Answer: <label>' then 'Confidence: <0-100>%'."
@@ -100,7 +100,7 @@ def test_every_tp_metric_and_the_composite_are_registered_with_lm_eval():
     from lm_eval.api.metrics import acc_fn
     from lm_eval.api.registry import get_aggregation, get_metric, get_metric_aggregation, is_higher_better
 
-    from tp_harness.lm_eval_bridge import register_with_lm_eval, registered_metrics
+    from tp_harness.interop.lm_eval_bridge import register_with_lm_eval, registered_metrics
 
     metrics = registered_metrics()
     for name in ("ifr", "ece", "auroc", "pr_p", "pr_n", "tp_composite"):
@@ -120,8 +120,8 @@ def test_every_tp_metric_and_the_composite_are_registered_with_lm_eval():
 def test_aggregations_compute_the_registered_metric_functions():
     from lm_eval.api.registry import get_aggregation
 
-    from tp_harness.lm_eval_bridge import registered_metrics, sample_value
-    from tp_harness.metrics import SampleRecord, compute_metrics
+    from tp_harness.evaluation.metrics import SampleRecord, compute_metrics
+    from tp_harness.interop.lm_eval_bridge import registered_metrics, sample_value
 
     records = [SampleRecord(doc_id=i, prompt_sha="", response="r", parsed_answer="a" if i % 4 else None, gold="a",
                             confidence=(0.1 * i) % 1.0, followed=bool(i % 3), correct=bool(i % 2))
@@ -140,7 +140,7 @@ def test_aggregations_compute_the_registered_metric_functions():
 def test_a_metric_without_tp_process_results_fails_with_a_clear_message():
     from lm_eval.api.registry import get_aggregation
 
-    from tp_harness.lm_eval_bridge import registered_metrics
+    from tp_harness.interop.lm_eval_bridge import registered_metrics
 
     registered_metrics()
     with pytest.raises(MetricInputError, match=r"per-sample value 0 is 1\.0, not a tp-harness sample record.*"
@@ -149,7 +149,7 @@ def test_a_metric_without_tp_process_results_fails_with_a_clear_message():
 
 
 def test_an_exported_task_naming_an_unregistered_metric_says_which_plugin_is_missing():
-    from tp_harness.lm_eval_bridge import make_process_results
+    from tp_harness.interop.lm_eval_bridge import make_process_results
 
     scoring = {"task": "t", "output_type": "multiple_choice", "lm_eval": {}, "answer_format": None,
                "metrics": ["acc", "brier"], "weights": {"acc": 1.0}, "extra_metrics": []}
@@ -193,7 +193,7 @@ def _check_against_harness(stock: dict, logged: list[dict], harness_ev: dict, ha
     to 1e-4, the tolerance of the scorer's loglikelihoods between batchings (the harness batches several
     prompts per call, and may use its shared-prefix scorer: DESIGN.md section 5).
     """
-    from tp_harness.metrics import expected_calibration_error, instruction_following_rate
+    from tp_harness.evaluation.metrics import expected_calibration_error, instruction_following_rate
 
     metrics = harness_ev["metrics"]
     assert stock["acc,none"] == pytest.approx(metrics["acc"], abs=1e-9)
@@ -223,8 +223,8 @@ def _check_against_harness(stock: dict, logged: list[dict], harness_ev: dict, ha
 
 @pytest.mark.slow
 def test_exported_tasks_report_acc_ifr_ece_of_the_harness_in_stock_lm_eval_cli(tmp_path, registries):
-    from tp_harness.cli import main
-    from tp_harness.runner import evaluate_prompt
+    from tp_harness.entrypoints.cli import main
+    from tp_harness.runs.runner import evaluate_prompt
 
     # multiple_choice: a real smoke optimize (stage 2 alone), its exported best and original prompts
     results_dir = tmp_path / "results"

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tp_harness.cli import main
-from tp_harness.specs import BUILTIN_SPEC_DIR, discover_specs, lm_eval_description, load_spec
+from tp_harness.entrypoints.cli import main
+from tp_harness.spec.schema import BUILTIN_SPEC_DIR, discover_specs, lm_eval_description, load_spec
 
 NAMES = sorted(discover_specs([BUILTIN_SPEC_DIR]))
 LM_EVAL_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -32,8 +32,8 @@ def _task_manager(include_path: Path):
 
 def test_stock_lm_eval_builds_every_spec_on_the_harness_test_split() -> None:
     """No model: lm-eval's TaskManager builds each spec; its test docs are the harness's, in order."""
-    from tp_harness.evaluator import prepare_task
-    from tp_harness.plugins import build_registries
+    from tp_harness.evaluation.evaluator import prepare_task
+    from tp_harness.plugin.manager import build_registries
 
     registries = build_registries()
     loaded = _task_manager(BUILTIN_SPEC_DIR).load(NAMES)["tasks"]

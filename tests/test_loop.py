@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from tp_harness.evaluator import prompt_sha
-from tp_harness.journal import RunDir
+from tp_harness.evaluation.evaluator import prompt_sha
 from tp_harness.optimizer.candidates import Candidate, normalize
 from tp_harness.optimizer.loop import StageSettings, hash_seed, run_stage
 from tp_harness.optimizer.meta_prompt import Exemplar
+from tp_harness.store.journal import RunDir
 
 OPENINGS = ["Think step by step", "Read the question twice", "Consider each option", "Work carefully",
             "Reason briefly", "Check the facts"]

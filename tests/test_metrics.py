@@ -1,4 +1,4 @@
-"""Unit tests of tp_harness.metrics: every metric against hand-computed values, edges and errors."""
+"""Unit tests of tp_harness.evaluation.metrics: every metric against hand-computed values, edges and errors."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ import math
 import pluggy
 import pytest
 
-from tp_harness import hookspecs
-from tp_harness import metrics as m
 from tp_harness.errors import MetricInputError
-from tp_harness.hookspecs import MetricDef, Registry
-from tp_harness.metrics import (
+from tp_harness.evaluation import metrics as m
+from tp_harness.evaluation.metrics import (
     DEFAULT_WEIGHTS,
     SampleRecord,
     accuracy,
@@ -23,6 +21,8 @@ from tp_harness.metrics import (
     pr_n,
     pr_p,
 )
+from tp_harness.plugin import hookspecs
+from tp_harness.plugin.hookspecs import MetricDef, Registry
 
 HIB = {"acc": True, "acc_norm": True, "ifr": True, "ece": False, "auroc": True, "pr_p": True, "pr_n": True}
 
@@ -315,7 +315,7 @@ def test_composite_rejects_value_outside_unit_interval():
 
 def _builtin_registry() -> Registry[MetricDef]:
     registry: Registry[MetricDef] = Registry("metric", MetricDef)
-    registry.plugin = "tp_harness.metrics"
+    registry.plugin = "tp_harness.evaluation.metrics"
     m.tp_register_metrics(registry)
     return registry
 
@@ -323,7 +323,7 @@ def _builtin_registry() -> Registry[MetricDef]:
 def test_hook_registers_seven_metrics():
     registry = _builtin_registry()
     assert registry.names() == ["acc", "acc_norm", "ifr", "ece", "auroc", "pr_p", "pr_n"]
-    assert {e.plugin for e in registry.entries()} == {"tp_harness.metrics"}
+    assert {e.plugin for e in registry.entries()} == {"tp_harness.evaluation.metrics"}
     displays = [registry.get(n).display for n in registry.names()]
     assert displays == ["ACC", "ACC-norm", "IFR", "ECE", "AUROC", "PR-P", "PR-N"]
     assert {n: registry.get(n).higher_is_better for n in registry.names()} == HIB
@@ -341,7 +341,7 @@ def test_hook_registers_seven_metrics():
 def test_hook_matches_spec_through_pluggy():
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    pm.register(m, name="tp_harness.metrics")
+    pm.register(m, name="tp_harness.evaluation.metrics")
     pm.check_pending()
     registry: Registry[MetricDef] = Registry("metric", MetricDef)
     pm.hook.tp_register_metrics(registry=registry)

@@ -224,7 +224,7 @@ def llama_server(tmp_path_factory):
 
 @pytest.mark.slow
 def test_cli_evaluates_a_generate_until_task_through_the_chat_endpoint(transformers_server, capsys):
-    from tp_harness.cli import main
+    from tp_harness.entrypoints.cli import main
 
     root, model = transformers_server
     code = main(["evaluate", "--model", "openai-compatible", "--model-args",
@@ -245,7 +245,7 @@ def test_greedy_generations_through_the_server_equal_the_hf_backend(transformers
     """The same checkpoint, chat template and greedy decoding: the served answers are the ``hf`` backend's, word for
     word, on the same docs (``/chat/completions`` renders the template on the server; ``/completions`` with
     ``tokenizer=`` renders it here)."""
-    from tp_harness.runner import evaluate_prompt
+    from tp_harness.runs.runner import evaluate_prompt
 
     root, model = transformers_server
     args = f"base_url={root},model={model}," + ("chat=true" if chat else f"chat=false,tokenizer={model}")
@@ -263,7 +263,7 @@ def test_greedy_generations_through_the_server_equal_the_hf_backend(transformers
 
 @pytest.mark.slow
 def test_loglikelihood_in_chat_mode_is_a_clear_error(transformers_server, registries):
-    from tp_harness.runner import evaluate_prompt
+    from tp_harness.runs.runner import evaluate_prompt
 
     root, model = transformers_server
     with pytest.raises(BackendError, match=r"multiple_choice \(loglikelihood\) scoring needs /completions"):
@@ -275,7 +275,7 @@ def test_loglikelihood_in_chat_mode_is_a_clear_error(transformers_server, regist
 def test_llama_server_with_an_api_key(llama_server, registries, monkeypatch):
     """llama.cpp's server (optional extra): real generations with a key from ``api_key_env``; a missing key is a
     clear error."""
-    from tp_harness.runner import build_backend, evaluate_prompt
+    from tp_harness.runs.runner import build_backend, evaluate_prompt
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(BackendError, match=r"the server at http://127\.0\.0\.1:\d+/v1 refused the API key \(HTTP 401\)"):

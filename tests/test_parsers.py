@@ -1,4 +1,4 @@
-"""Tests of the verbalized-answer parsers (tp_harness.evaluator.parse_verbalized) and prompt_sha."""
+"""Tests of the verbalized-answer parsers (tp_harness.evaluation.evaluator.parse_verbalized) and prompt_sha."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from tp_harness.evaluator import ParsedAnswer, parse_verbalized, prompt_sha
-from tp_harness.specs import AnswerFormat
+from tp_harness.evaluation.evaluator import ParsedAnswer, parse_verbalized, prompt_sha
+from tp_harness.spec.schema import AnswerFormat
 
 LETTERS = ["A", "B", "C", "D"]
 LETTER = AnswerFormat(parser="letter_confidence", labels=LETTERS)

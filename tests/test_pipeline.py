@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tp_harness.cli import main
+from tp_harness.entrypoints.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -167,7 +167,7 @@ def test_kill_9_then_resume_finishes_with_no_duplicated_or_lost_rows(smoke_run, 
 
 def test_model_loads_once_per_process(smoke_run, registries):
     from tp_harness.backends import hf
-    from tp_harness.runner import build_backend
+    from tp_harness.runs.runner import build_backend
 
     before = hf.LOAD_COUNT["hflm"]
     build_backend("embedded:smollm2-135m", "", registries, dtype="float32", batch_size="16")

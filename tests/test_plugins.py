@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from tp_harness import MetricDef, hookimpl
-from tp_harness.cli import main
+from tp_harness.entrypoints.cli import main
 from tp_harness.errors import DuplicateNameError, PluginError
-from tp_harness.plugins import (
+from tp_harness.plugin.manager import (
     BUILTIN_PLUGINS,
     EntryPointInfo,
     build_registries,
@@ -96,7 +96,7 @@ def test_plugin_re_adding_a_builtin_metric_names_the_builtin_distribution() -> N
     with pytest.raises(DuplicateNameError) as info:
         build_registries(pm)
     message = str(info.value)
-    assert "metric 'acc' is registered twice: by plugin 'tp_harness.metrics' (distribution tp-harness " in message
+    assert "metric 'acc' is registered twice: by plugin 'tp_harness.evaluation.metrics' (distribution tp-harness " in message
     assert "and by plugin 'acc_again';" in message
     assert info.value.first_dist.startswith("tp-harness ") and info.value.second_dist is None
 
@@ -122,7 +122,7 @@ def test_cli_shows_a_duplicate_as_one_message_without_traceback(tmp_path, monkey
 def test_two_distributions_declaring_one_entry_point_name_is_an_error(monkeypatch) -> None:
     fake = {"example": [EntryPointInfo("example", "pkg_one", "dist-one", "1.0"),
                         EntryPointInfo("example", "pkg_two", "dist-two", "2.0")]}
-    monkeypatch.setattr("tp_harness.plugins.available_entry_points", lambda: fake)
+    monkeypatch.setattr("tp_harness.plugin.manager.available_entry_points", lambda: fake)
     with pytest.raises(PluginError) as info:
         get_plugin_manager()
     assert str(info.value) == ("entry point 'example' of group 'tp_harness' is declared by several distributions: "
@@ -170,7 +170,7 @@ def test_selected_module_plugin_is_loaded_and_recorded(tmp_path, monkeypatch) ->
 def test_unknown_selected_name_lists_the_installed_entry_points(monkeypatch) -> None:
     fake = {"example": [EntryPointInfo("example", "tp_example_plugin", "tp-example-plugin", "0.1.0")],
             "other": [EntryPointInfo("other", "other_mod", "other-dist", "2.0")]}
-    monkeypatch.setattr("tp_harness.plugins.available_entry_points", lambda: fake)
+    monkeypatch.setattr("tp_harness.plugin.manager.available_entry_points", lambda: fake)
     monkeypatch.setenv("TP_HARNESS_PLUGINS", "exampel")
     with pytest.raises(PluginError) as info:
         build_registries()
@@ -186,19 +186,19 @@ def test_unknown_selected_name_lists_the_installed_entry_points(monkeypatch) -> 
 
 
 def test_trace_env_logs_every_hook_call_with_its_plugin(monkeypatch, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="tp_harness.plugins")
+    caplog.set_level(logging.INFO, logger="tp_harness.plugin.manager")
     monkeypatch.setenv("TP_HARNESS_TRACE_PLUGINS", "1")
     monkeypatch.setenv("TP_HARNESS_PLUGINS", "")
     build_registries()
-    trace = "\n".join(r.getMessage() for r in caplog.records if r.name == "tp_harness.plugins")
+    trace = "\n".join(r.getMessage() for r in caplog.records if r.name == "tp_harness.plugin.manager")
     for hook in ("tp_register_data_formats", "tp_register_metrics", "tp_register_backends", "tp_register_optimizers",
                  "tp_register_reporters"):
         assert f"{hook} [hook]" in trace and f"finish {hook} -->" in trace
-    assert "<Registry metric: 0 entries, adding as plugin 'tp_harness.metrics'>" in trace
+    assert "<Registry metric: 0 entries, adding as plugin 'tp_harness.evaluation.metrics'>" in trace
 
 
 def test_no_trace_without_the_env_var(monkeypatch, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="tp_harness.plugins")
+    caplog.set_level(logging.INFO, logger="tp_harness.plugin.manager")
     monkeypatch.delenv("TP_HARNESS_TRACE_PLUGINS", raising=False)
     monkeypatch.setenv("TP_HARNESS_PLUGINS", "")
     build_registries()
@@ -222,8 +222,8 @@ def test_trace_env_traces_the_cli_to_stderr(tmp_path) -> None:
     proc = _tp("plugins", env=_cli_env(TP_HARNESS_PLUGINS="", TP_HARNESS_TRACE_PLUGINS="1"), cwd=tmp_path,
                timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "INFO tp_harness.plugins: trace:   tp_register_metrics [hook]" in proc.stderr
-    assert "adding as plugin 'tp_harness.report'" in proc.stderr
+    assert "INFO tp_harness.plugin.manager: trace:   tp_register_metrics [hook]" in proc.stderr
+    assert "adding as plugin 'tp_harness.reporting.report'" in proc.stderr
 
 
 def test_plugins_command_table_and_json(monkeypatch, capsys) -> None:
@@ -233,7 +233,7 @@ def test_plugins_command_table_and_json(monkeypatch, capsys) -> None:
     assert [c.strip() for c in lines[0].strip("|").split("|")] == [
         "kind", "name", "plugin", "distribution", "version", "built-in"]
     row = next(line for line in lines if "| results-json " in line)
-    assert [c.strip() for c in row.strip("|").split("|")][:4] == ["reporter", "results-json", "tp_harness.export",
+    assert [c.strip() for c in row.strip("|").split("|")][:4] == ["reporter", "results-json", "tp_harness.interop.export",
                                                                   "tp-harness"]
     assert main(["plugins", "--format", "json"]) == 0
     items = json.loads(capsys.readouterr().out)

@@ -19,8 +19,8 @@ class Req:
 def requests_and_reference(registries, embedded_backend):
     """Real multiple_choice requests of three tasks (chat template, instruction as system message) and
     lm-eval's own loglikelihoods for them."""
-    from tp_harness.evaluator import prepare_task, render_context
-    from tp_harness.runner import load_specs
+    from tp_harness.evaluation.evaluator import prepare_task, render_context
+    from tp_harness.runs.runner import load_specs
 
     reqs = []
     for task in ("commonsenseqa", "financial_phrasebank", "legalbench_hearsay"):

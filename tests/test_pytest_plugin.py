@@ -159,8 +159,8 @@ def test_bad_option_value_is_a_usage_error(pytester):
 @pytest.mark.slow
 def test_repo_gates_every_shipped_spec_with_tp_limit_8():
     """The README's CI command on this repo: every shipped spec's gates are collected, run and summarized."""
-    from tp_harness.runner import spec_index
-    from tp_harness.specs import load_spec
+    from tp_harness.runs.runner import spec_index
+    from tp_harness.spec.schema import load_spec
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("TP_HARNESS_PLUGINS", None)
@@ -192,7 +192,7 @@ def test_vllm_gate_items_are_tp_gpu_and_skip_cleanly_without_cuda(pytester):
 
 def test_repo_command_collects_shipped_spec_gates_next_to_the_tests():
     """`pytest --tp-model=embedded:smollm2-135m --tp-limit 8` at the repo root collects tests/ and task_specs/."""
-    from tp_harness.runner import spec_index
+    from tp_harness.runs.runner import spec_index
 
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "--tp-model=embedded:smollm2-135m", "--tp-limit", "8", "--co", "-q",
@@ -211,7 +211,7 @@ def test_stored_best_is_the_newest_run_by_date_for_the_same_model(tmp_path):
     """`[best]` reads the newest results.json by its lm-eval ``date``, not by run-id order, for the same model."""
     import json
 
-    from tp_harness.pytest_plugin import TpSession
+    from tp_harness.entrypoints.pytest_plugin import TpSession
 
     def store(run_id: str, date: float, prompt: str, model: str = "embedded:smollm2-135m") -> None:
         run = tmp_path / "runs" / run_id
@@ -243,7 +243,7 @@ def test_bad_chat_template_option_is_a_usage_error(pytester):
 
 
 def test_without_task_specs_the_shipped_specs_are_collected(pytester):
-    from tp_harness.runner import spec_index
+    from tp_harness.runs.runner import spec_index
 
     result = pytester.runpytest_subprocess(*MODEL_ARGS, "--tp-limit", "8", "--co", "-q")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-2000:] + result.stderr.str()[-2000:]

@@ -12,8 +12,8 @@ import pytest
 
 from tp_harness.backends.base import LMBackend
 from tp_harness.errors import BackendError
-from tp_harness.evaluator import prepare_task, render_context, uses_chat_template
-from tp_harness.runner import evaluate_prompt, load_specs
+from tp_harness.evaluation.evaluator import prepare_task, render_context, uses_chat_template
+from tp_harness.runs.runner import evaluate_prompt, load_specs
 
 REPO = Path(__file__).resolve().parents[1]
 INSTRUCTION = "Classify the sentiment of the financial news sentence as negative, neutral or positive."

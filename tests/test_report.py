@@ -1,4 +1,4 @@
-"""Tests for tp_harness.report: leaderboard, per-run report and plots, built from hand-written run files."""
+"""Tests for tp_harness.reporting.report: leaderboard, per-run report and plots, built from hand-written run files."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from tp_harness.errors import RunError
-from tp_harness.hookspecs import Registry, ReporterDef
-from tp_harness.plots import reliability_bins, trajectory_series
-from tp_harness.report import (
+from tp_harness.plugin.hookspecs import Registry, ReporterDef
+from tp_harness.reporting.plots import reliability_bins, trajectory_series
+from tp_harness.reporting.report import (
     build_leaderboard,
     load_results,
     tp_register_reporters,
@@ -175,7 +175,7 @@ def _table_rows(markdown: str, heading: str) -> list[list[str]]:
 
 def test_load_results_skips_corrupt_and_partial_files(results_root: Path, caplog) -> None:
     _add_broken_runs(results_root)
-    with caplog.at_level(logging.WARNING, logger="tp_harness.report"):
+    with caplog.at_level(logging.WARNING, logger="tp_harness.reporting.report"):
         runs, problems = load_results(results_root)
     assert [r.run_id for r in runs] == ["run-a", "run-b"]
     assert runs[0].model == "embedded:smollm2-135m" and runs[0].mode == "two_stage"

@@ -1,4 +1,4 @@
-"""Tests of tp_harness.specs: the shipped specs and their data, the lm-eval view, and spec errors."""
+"""Tests of tp_harness.spec.schema: the shipped specs and their data, the lm-eval view, and spec errors."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 from lm_eval.config.task import TaskConfig
 from lm_eval.utils import apply_template
 
-from tp_harness.data import load_docs, split_docs, tp_register_data_formats
+from tp_harness.data.formats import load_docs, split_docs, tp_register_data_formats
 from tp_harness.errors import SpecError
-from tp_harness.hookspecs import Registry, TaskSourceDef
-from tp_harness.spec_yaml import FunctionRef
-from tp_harness.specs import BUILTIN_SPEC_DIR, LM_EVAL_LOADER, discover_specs, load_spec
+from tp_harness.plugin.hookspecs import Registry, TaskSourceDef
+from tp_harness.spec.schema import BUILTIN_SPEC_DIR, LM_EVAL_LOADER, discover_specs, load_spec
+from tp_harness.spec.yaml_lines import FunctionRef
 
 SHIPPED = {
     "logiqa": ("general", "source", (64, 64, 128)),

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tp_harness.cli import main
+from tp_harness.entrypoints.cli import main
 from tp_harness.errors import UsageError
-from tp_harness.runner import DEFAULT_SOURCES, DEFAULT_TARGETS
-from tp_harness.specs import BUILTIN_SPEC_DIR, discover_specs, load_spec
-from tp_harness.studies import STUDIES, get_study, resolve_tasks
+from tp_harness.runs.runner import DEFAULT_SOURCES, DEFAULT_TARGETS
+from tp_harness.spec.schema import BUILTIN_SPEC_DIR, discover_specs, load_spec
+from tp_harness.spec.studies import STUDIES, get_study, resolve_tasks
 
 
 def test_paper_study_is_general_sources_to_medical_legal_financial_targets() -> None:

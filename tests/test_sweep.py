@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tp_harness.errors import RunError, UsageError
-from tp_harness.runner import OptimizeSettings
-from tp_harness.sweep import SweepItem, SweepSettings, plan_sweep, run_state, run_sweep, sweep_run_id
+from tp_harness.runs.runner import OptimizeSettings
+from tp_harness.runs.sweep import SweepItem, SweepSettings, plan_sweep, run_state, run_sweep, sweep_run_id
 
 
 def test_run_ids_are_deterministic_and_filesystem_safe() -> None:
@@ -71,7 +71,8 @@ def test_sweep_skips_finished_redoes_deleted_and_resumes_interrupted_runs(tmp_pa
     settings = SweepSettings(models=["embedded:smollm2-135m"], targets=["financial_phrasebank", "legalbench_hearsay"],
                              modes=["no_transfer"], run=OptimizeSettings(budget="smoke", seed=5, results_dir=str(results)))
     ids = [f"sweep-embedded-smollm2-135m-{t}-no_transfer-smoke-s5" for t in settings.targets]
-    from tp_harness import leaderboard, report, sweep
+    from tp_harness.reporting import leaderboard, report
+    from tp_harness.runs import sweep
 
     builds = []
     original = leaderboard.write_leaderboard
@@ -93,7 +94,7 @@ def test_sweep_skips_finished_redoes_deleted_and_resumes_interrupted_runs(tmp_pa
     kept_mtime = (kept / "results.json").stat().st_mtime_ns
     kept_rows = (kept / "journal.jsonl").read_text(encoding="utf-8")
     shutil.rmtree(deleted)  # "deleted in the middle of a sweep"
-    with caplog.at_level(logging.INFO, logger="tp_harness.sweep"):
+    with caplog.at_level(logging.INFO, logger="tp_harness.runs.sweep"):
         again = run_sweep(settings, registries)
     assert again.executed == [ids[1]] and again.skipped == [ids[0]] and not again.resumed
     assert f"running {ids[1]}" in caplog.text and f"{ids[0]} is finished; skipped" in caplog.text
@@ -108,7 +109,7 @@ def test_sweep_skips_finished_redoes_deleted_and_resumes_interrupted_runs(tmp_pa
 
 
 def test_a_run_made_before_the_rendering_switch_is_not_reused_under_the_new_default(tmp_path: Path) -> None:
-    from tp_harness.sweep import _check_same_settings, run_settings
+    from tp_harness.runs.sweep import _check_same_settings, run_settings
 
     settings = SweepSettings(models=["m"], targets=["fpb"], modes=["no_transfer"])
     item = plan_sweep(settings)[0]

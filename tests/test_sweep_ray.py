@@ -27,9 +27,9 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from tp_harness.errors import UsageError  # noqa: E402
-from tp_harness.runner import OptimizeSettings  # noqa: E402
-from tp_harness.sweep import SweepSettings, run_sweep  # noqa: E402
-from tp_harness.sweep_ray import RayOptions, check_cluster, group_by_model, run_sweep_on_ray  # noqa: E402
+from tp_harness.runs.runner import OptimizeSettings  # noqa: E402
+from tp_harness.runs.sweep import SweepSettings, run_sweep  # noqa: E402
+from tp_harness.runs.sweep_ray import RayOptions, check_cluster, group_by_model, run_sweep_on_ray  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -96,7 +96,7 @@ def _die_once_after_rows():
     """Worker setup hook: the first worker to append TP_TEST_DIE_AFTER journal rows dies with ``os._exit``."""
     import os
 
-    from tp_harness import journal
+    from tp_harness.store import journal
 
     marker, after = os.environ["TP_TEST_DIE_MARKER"], int(os.environ["TP_TEST_DIE_AFTER"])
     original = journal.RunDir.append
@@ -172,7 +172,7 @@ def _slow_groups():
     """Worker setup hook: every model group takes at least 4 s (a stand-in for a long run)."""
     import time
 
-    from tp_harness import sweep_ray
+    from tp_harness.runs import sweep_ray
 
     original = sweep_ray.run_item
 
@@ -215,7 +215,7 @@ def test_gpus_asked_of_a_cpu_only_cluster_are_refused_at_once(tmp_path, fresh_ra
 
 
 def test_the_cli_refuses_gpus_of_a_cpu_only_cluster_with_one_line(tmp_path, capsys, fresh_ray):
-    from tp_harness.cli import main
+    from tp_harness.entrypoints.cli import main
 
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, object_store_memory=80 * 2**20)
     code = main(["sweep", "--executor", "ray", "--models", "vllm", "--model-args", "pretrained=/m",
@@ -227,7 +227,7 @@ def test_the_cli_refuses_gpus_of_a_cpu_only_cluster_with_one_line(tmp_path, caps
 
 
 def test_check_cluster_and_grouping_without_ray():
-    from tp_harness.sweep import plan_sweep
+    from tp_harness.runs.sweep import plan_sweep
 
     plan = plan_sweep(replace(GRID, models=["a", "b"]))
     groups = group_by_model(plan)
@@ -242,7 +242,7 @@ def test_a_run_locked_by_another_process_is_refused_naming_the_holder(tmp_path, 
     the holder named (a deliberate error: reported, not retried); once released, the same sweep finishes it."""
     import socket
 
-    from tp_harness.journal import RunDir
+    from tp_harness.store.journal import RunDir
 
     grid = replace(GRID, targets=["legalbench_hearsay"], modes=["no_transfer"], run=replace(GRID.run, results_dir=str(tmp_path)))
     assert not run_sweep(grid, registries).failed

@@ -1,4 +1,4 @@
-"""tp_harness.templates: the Jinja sandbox (ours and lm-eval's), the static check, and literal escaping."""
+"""tp_harness.spec.templates: the Jinja sandbox (ours and lm-eval's), the static check, and literal escaping."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import random
 import jinja2
 import pytest
 
-from tp_harness.specs import BUILTIN_SPEC_DIR, TEMPLATE_FIELDS, discover_specs, load_spec
-from tp_harness.templates import (
+from tp_harness.spec.schema import BUILTIN_SPEC_DIR, TEMPLATE_FIELDS, discover_specs, load_spec
+from tp_harness.spec.templates import (
     SecurityError,
     TemplateProblem,
     check_template,

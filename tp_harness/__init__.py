@@ -20,8 +20,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import BackendError, DataError, RunError, SpecError, TpHarnessError, UsageError
-from .hookspecs import (
+from tp_harness.errors import BackendError, DataError, RunError, SpecError, TpHarnessError, UsageError
+from tp_harness.plugin.hookspecs import (
     BackendDef,
     DataFormatDef,
     MetricDef,
@@ -38,13 +38,14 @@ __version__ = "0.1.0"
 #: name -> module of the names loaded on first use (PEP 562)
 _LAZY = {
     "evaluate": "api", "optimize": "api", "build_backend": "api", "RunResult": "api",
-    "load_spec": "specs", "TaskSpec": "specs",
-    "build_registries": "plugins", "get_plugin_manager": "plugins",
+    "load_spec": "spec.schema", "TaskSpec": "spec.schema",
+    "build_registries": "plugin.manager", "get_plugin_manager": "plugin.manager",
     "LMBackend": "backends.base",
     "LanguageModel": "protocols", "ScorerBackend": "protocols", "Optimizer": "protocols",
-    "EvalJob": "evaluator", "Evaluation": "evaluator", "evaluate_jobs": "evaluator", "prompt_sha": "evaluator",
-    "PreparedTask": "evaluator",
-    "SampleRecord": "metrics",
+    "EvalJob": "evaluation.evaluator", "Evaluation": "evaluation.evaluator",
+    "evaluate_jobs": "evaluation.evaluator", "prompt_sha": "evaluation.evaluator",
+    "PreparedTask": "evaluation.evaluator",
+    "SampleRecord": "evaluation.metrics",
     "ScoredPrompt": "optimizer.loop", "Progress": "optimizer.loop",
     "RunContext": "optimizer.transfer", "RunOutcome": "optimizer.transfer", "TargetOutcome": "optimizer.transfer",
     "select_on_validation": "optimizer.transfer", "final_evaluations": "optimizer.transfer",
@@ -77,18 +78,18 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load on first use
-    from .api import RunResult, build_backend, evaluate, optimize
-    from .backends.base import LMBackend
-    from .evaluator import EvalJob, Evaluation, PreparedTask, evaluate_jobs, prompt_sha
-    from .metrics import SampleRecord
-    from .optimizer.loop import Progress, ScoredPrompt
-    from .optimizer.transfer import (
+    from tp_harness.api import RunResult, build_backend, evaluate, optimize
+    from tp_harness.backends.base import LMBackend
+    from tp_harness.evaluation.evaluator import EvalJob, Evaluation, PreparedTask, evaluate_jobs, prompt_sha
+    from tp_harness.evaluation.metrics import SampleRecord
+    from tp_harness.optimizer.loop import Progress, ScoredPrompt
+    from tp_harness.optimizer.transfer import (
         RunContext,
         RunOutcome,
         TargetOutcome,
         final_evaluations,
         select_on_validation,
     )
-    from .plugins import build_registries, get_plugin_manager
-    from .protocols import LanguageModel, Optimizer, ScorerBackend
-    from .specs import TaskSpec, load_spec
+    from tp_harness.plugin.manager import build_registries, get_plugin_manager
+    from tp_harness.protocols import LanguageModel, Optimizer, ScorerBackend
+    from tp_harness.spec.schema import TaskSpec, load_spec

@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from tp_harness.entrypoints.cli import main
 
 sys.exit(main())

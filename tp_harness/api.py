@@ -2,7 +2,7 @@
 
 Each function takes Python values (numbers, mappings, sequences), checks every argument before a model loads,
 with an error that says what to do, never changes what it is given, and returns a frozen result. The CLI and
-the pytest plugin are built on the same functions underneath (``tp_harness.runner``).
+the pytest plugin are built on the same functions underneath (``tp_harness.runs.runner``).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .backends.base import LMBackend
-from .constants import (
+from tp_harness.backends.base import LMBackend
+from tp_harness.constants import (
     ABLATION_MODES,
     DEFAULT_BUDGET,
     DEFAULT_MODEL,
@@ -23,10 +23,10 @@ from .constants import (
     OUTPUT_TYPES,
     SPLITS,
 )
-from .errors import UsageError
-from .evaluator import Evaluation
-from .hookspecs import Registries
-from .optimizer.loop import Progress
+from tp_harness.errors import UsageError
+from tp_harness.evaluation.evaluator import Evaluation
+from tp_harness.optimizer.loop import Progress
+from tp_harness.plugin.hookspecs import Registries
 
 Split = Literal["optimize", "validation", "test"]
 OutputType = Literal["multiple_choice", "generate_until"]
@@ -110,7 +110,7 @@ def _batch_size(value: BatchSize) -> str:
 def _registries(registries: Registries | None) -> Registries:
     if registries is not None:
         return registries
-    from .plugins import build_registries
+    from tp_harness.plugin.manager import build_registries
 
     return build_registries()
 
@@ -155,7 +155,7 @@ def evaluate(
     :raises SpecError: the task's spec is invalid; :raises DataError: a data row is malformed (file and line).
     :raises BackendError: the model cannot be loaded.
     """
-    from .runner import evaluate_prompt
+    from tp_harness.runs.runner import evaluate_prompt
 
     _choice("split", split, SPLITS)
     _choice("output_type", output_type, OUTPUT_TYPES, optional=True)
@@ -224,7 +224,7 @@ def optimize(
     :raises SpecError, DataError, BackendError, RunError: see :func:`evaluate`; a run that stops midway keeps its
         journal, and ``tp-harness optimize --resume RUN_DIR`` continues it.
     """
-    from .runner import OptimizeSettings, run_optimize
+    from tp_harness.runs.runner import OptimizeSettings, run_optimize
 
     _choice("mode", mode, ABLATION_MODES)
     _choice("output_type", output_type, OUTPUT_TYPES, optional=True)
@@ -271,7 +271,7 @@ def build_backend(
     :raises UsageError: an unknown model argument; :raises UnknownNameError: no such backend;
         :raises BackendError: the model cannot be loaded.
     """
-    from .runner import build_backend as _build
+    from tp_harness.runs.runner import build_backend as _build
 
     return _build(model, _model_args_text("model_args", model_args), _registries(registries), dtype=dtype,
                   batch_size=_batch_size(batch_size), cache=cache)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from .optimizer.transfer import RunContext, RunOutcome
+    from tp_harness.optimizer.transfer import RunContext, RunOutcome
 
 
 @runtime_checkable

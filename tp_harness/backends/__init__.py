@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..constants import DEFAULT_MODEL
-from ..hookspecs import BackendDef, Registry, hookimpl
-from .base import LMBackend, parse_model_args
+from tp_harness.backends.base import LMBackend, parse_model_args
+from tp_harness.constants import DEFAULT_MODEL
+from tp_harness.plugin.hookspecs import BackendDef, Registry, hookimpl
 
 __all__ = ["DEFAULT_MODEL", "LMBackend", "check_model_args", "instruction_tokens_before_load", "parse_model_args",
            "resolve_backend"]
@@ -28,7 +28,7 @@ def check_model_args(model: str, model_args: dict[str, str], registry: Registry[
     """
     import difflib
 
-    from ..errors import UsageError
+    from tp_harness.errors import UsageError
 
     base = model.partition(":")[0]
     known = registry.get(base).model_args
@@ -48,7 +48,7 @@ def instruction_tokens_before_load(model: str, model_args: dict[str, str], regis
     loading the weights; None when the backend cannot tell before it loads, or when the text surely fits (a
     token is at least one character, so text shorter than the window in characters needs no tokenizer).
     """
-    from .hf import checkpoint_window, count_checkpoint_tokens
+    from tp_harness.backends.hf import checkpoint_window, count_checkpoint_tokens
 
     base, _, arg = model.partition(":")
     definition = registry.get(base)
@@ -86,7 +86,7 @@ def resolve_backend(model: str, model_args: dict[str, str], registry: Registry[B
         args.setdefault("name", arg)
     backend = definition.factory(args, **options)
     if isinstance(backend, LMBackend):
-        from .prefix_scorer import with_prefix_scorer
+        from tp_harness.backends.prefix_scorer import with_prefix_scorer
 
         # a new wrapper even when the factory hands back one it built before (a plugin may memoize its own)
         backend = with_prefix_scorer(backend).with_options(cache=cache)
@@ -94,38 +94,38 @@ def resolve_backend(model: str, model_args: dict[str, str], registry: Registry[B
 
 
 def _embedded(model_args, **options):
-    from .embedded import make_embedded_backend
+    from tp_harness.backends.embedded import make_embedded_backend
 
     return make_embedded_backend(model_args, **options)
 
 
 def _embedded_checkpoint(model_args):
-    from .embedded import converted_checkpoint
+    from tp_harness.backends.embedded import converted_checkpoint
 
     return converted_checkpoint(model_args)
 
 
 def _hf_checkpoint(model_args):
-    from .hf import hf_checkpoint
+    from tp_harness.backends.hf import hf_checkpoint
 
     return hf_checkpoint(model_args)
 
 
 def _hf(model_args, **options):
-    from .hf import make_hf_backend
+    from tp_harness.backends.hf import make_hf_backend
 
     return make_hf_backend(model_args, **options)
 
 
 def _vllm(model_args, **options):
-    from .vllm import make_vllm_backend
+    from tp_harness.backends.vllm import make_vllm_backend
 
     options = {k: v for k, v in options.items() if k != "device"}  # vLLM places the model itself
     return make_vllm_backend(model_args, **options)
 
 
 def _openai_compatible(model_args, **options):
-    from .openai_compatible import make_openai_compatible_backend
+    from tp_harness.backends.openai_compatible import make_openai_compatible_backend
 
     return make_openai_compatible_backend(model_args, **options)
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import BackendError
+from tp_harness.errors import BackendError
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class LMBackend:
         if self.cache is None:
             self.computed[request_type] += len(requests)
             return compute(requests)
-        from .cache import model_key, request_key
+        from tp_harness.backends.cache import model_key, request_key
 
         keys = [request_key(self.identity, request_type, r.arguments,
                             (rollout_seed, i) if rollout_seed is not None else None)
@@ -216,7 +216,7 @@ def parse_model_args(text: str | None, *, flag: str = "--model-args") -> dict[st
     :raises UsageError: a part is not exactly one ``key=value`` (no ``=``, an empty key, a second ``=``), or a
         key is given twice.
     """
-    from ..errors import UsageError
+    from tp_harness.errors import UsageError
 
     out: dict[str, str] = {}
     for part in (text or "").split(","):

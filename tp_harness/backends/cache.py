@@ -25,7 +25,7 @@ from typing import Any
 
 import jsonlines
 
-from ..errors import CacheError
+from tp_harness.errors import CacheError
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -177,7 +177,7 @@ class ResponseCache:
             (since,)).fetchall()
         if not rows:
             return 0
-        from ..files import atomic_path
+        from tp_harness.files import atomic_path
 
         with atomic_path(Path(path)) as tmp, jsonlines.open(tmp, mode="w") as writer:
             writer.write_all({"key": k, "model": m, "request_type": t, "value": v, "created": c}

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendError
-from ..files import default_dir_mode, default_file_mode
-from .base import LMBackend
-from .hf import load_hflm
+from tp_harness.backends.base import LMBackend
+from tp_harness.backends.hf import load_hflm
+from tp_harness.errors import BackendError
+from tp_harness.files import default_dir_mode, default_file_mode
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ ZOO: dict[str, EmbeddedModel] = {
 
 def cache_dir() -> Path:
     """The tp-harness cache root (:func:`tp_harness.backends.cache.default_cache_dir`)."""
-    from .cache import default_cache_dir
+    from tp_harness.backends.cache import default_cache_dir
 
     return default_cache_dir()
 

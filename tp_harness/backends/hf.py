@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendError
-from .base import LMBackend, fingerprint
+from tp_harness.backends.base import LMBackend, fingerprint
+from tp_harness.errors import BackendError
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendError
-from .base import LMBackend
+from tp_harness.backends.base import LMBackend
+from tp_harness.errors import BackendError
 
 log = logging.getLogger(__name__)
 

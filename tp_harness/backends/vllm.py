@@ -18,8 +18,8 @@ import importlib.util
 import logging
 from typing import Any
 
-from ..errors import BackendError
-from .base import LMBackend, fingerprint
+from tp_harness.backends.base import LMBackend, fingerprint
+from tp_harness.errors import BackendError
 
 log = logging.getLogger(__name__)
 

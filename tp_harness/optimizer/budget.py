@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import UsageError
+from tp_harness.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Budget:
     full_eval_interval: int = 0
 
     def caps(self) -> dict[str, int]:
-        """Per-split caps for :func:`tp_harness.data.split_docs`."""
+        """Per-split caps for :func:`tp_harness.data.formats.split_docs`."""
         return {k: v for k, v in (("optimize", self.optimize_n), ("validation", self.validation_n),
                                   ("test", self.test_n)) if v is not None}
 

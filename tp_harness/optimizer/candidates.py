@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .meta_prompt import INS_CLOSE, INS_OPEN, META_MARKERS
+from tp_harness.optimizer.meta_prompt import INS_CLOSE, INS_OPEN, META_MARKERS
 
 PROPOSERS = ("original", "seed", "reference", "evolution")
 #: a meta-prompt marker counts only as a whole token ("context:" does not contain the marker "text:")

@@ -21,10 +21,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..constants import DEFAULT_REFERENCE_SHARE
-from ..evaluator import prompt_sha
-from .candidates import Candidate, evolve, hygiene, text_hash
-from .meta_prompt import Exemplar, build_meta_prompt, extract_instructions
+from tp_harness.constants import DEFAULT_REFERENCE_SHARE
+from tp_harness.evaluation.evaluator import prompt_sha
+from tp_harness.optimizer.candidates import Candidate, evolve, hygiene, text_hash
+from tp_harness.optimizer.meta_prompt import Exemplar, build_meta_prompt, extract_instructions
 
 log = logging.getLogger(__name__)
 

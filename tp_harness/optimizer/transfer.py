@@ -17,15 +17,22 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from ..backends.base import LMBackend
-from ..constants import DEFAULT_REFERENCE_SHARE
-from ..evaluator import EvalJob, Evaluation, PreparedTask, count_scorer_requests, evaluate_jobs, prompt_sha
-from ..hookspecs import OptimizerDef, Registries, Registry, hookimpl
-from ..metrics import SampleRecord
-from .budget import Budget, Projection
-from .candidates import Candidate
-from .loop import Progress, ScoredPrompt, StageSettings, eval_kind, rank, run_stage
-from .meta_prompt import Exemplar
+from tp_harness.backends.base import LMBackend
+from tp_harness.constants import DEFAULT_REFERENCE_SHARE
+from tp_harness.evaluation.evaluator import (
+    EvalJob,
+    Evaluation,
+    PreparedTask,
+    count_scorer_requests,
+    evaluate_jobs,
+    prompt_sha,
+)
+from tp_harness.evaluation.metrics import SampleRecord
+from tp_harness.optimizer.budget import Budget, Projection
+from tp_harness.optimizer.candidates import Candidate
+from tp_harness.optimizer.loop import Progress, ScoredPrompt, StageSettings, eval_kind, rank, run_stage
+from tp_harness.optimizer.meta_prompt import Exemplar
+from tp_harness.plugin.hookspecs import OptimizerDef, Registries, Registry, hookimpl
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +40,7 @@ PROMPT_KINDS = ("original", "best_source", "best_target")
 
 
 class RunStore(Protocol):
-    """Where a run keeps its journal and samples (``tp_harness.journal.RunDir`` implements it).
+    """Where a run keeps its journal and samples (``tp_harness.store.journal.RunDir`` implements it).
 
     The optimizer writes through this interface only; it does not know the directory layout.
     """

@@ -2,7 +2,7 @@
 
 Owns planning the runs of ``tp-harness sweep`` with deterministic run ids (so a re-run finds them),
 deciding per run whether it is finished (skip), interrupted (resume from its journal) or new (run),
-calling :func:`tp_harness.runner.run_optimize` for each, and rebuilding the leaderboard at the end.
+calling :func:`tp_harness.runs.runner.run_optimize` for each, and rebuilding the leaderboard at the end.
 A run that fails with a deliberate error is recorded and the sweep goes on. It prints nothing: it
 logs, and reports progress through the callbacks its caller passes in (the CLI draws tqdm bars).
 """
@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .constants import ABLATION_MODES, SWEEP_BUDGET
-from .errors import RunError, TpHarnessError, UsageError
-from .hookspecs import Registries
-from .journal import CONFIG, RunDir
-from .leaderboard import write_leaderboard
-from .optimizer.loop import Progress
-from .runner import OptimizeSettings, run_optimize
-from .stored_runs import read_results_file
+from tp_harness.constants import ABLATION_MODES, SWEEP_BUDGET
+from tp_harness.errors import RunError, TpHarnessError, UsageError
+from tp_harness.optimizer.loop import Progress
+from tp_harness.plugin.hookspecs import Registries
+from tp_harness.reporting.leaderboard import write_leaderboard
+from tp_harness.runs.runner import OptimizeSettings, run_optimize
+from tp_harness.store.journal import CONFIG, RunDir
+from tp_harness.store.stored_runs import read_results_file
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def run_sweep(
     run_progress: Callable[[str, int], Progress] | None = None,
 ) -> SweepOutcome:
     """Run every planned run that is not finished, one after another in this process, then rebuild
-    ``<results_dir>/LEADERBOARD.md`` once. (``tp_harness.sweep_ray`` runs the same plan on a Ray cluster.)
+    ``<results_dir>/LEADERBOARD.md`` once. (``tp_harness.runs.sweep_ray`` runs the same plan on a Ray cluster.)
 
     :param on_item: called with ``(item, "skip" | "run" | "resume")`` before a run and with
         ``(item, "done" | "failed")`` after it (progress bars, messages).

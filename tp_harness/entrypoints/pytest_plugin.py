@@ -32,9 +32,9 @@ from typing import Any
 
 import pytest
 
-from .constants import DEFAULT_MODEL
-from .errors import TpHarnessError
-from .gates import Gate, check_gate, parse_gate
+from tp_harness.constants import DEFAULT_MODEL
+from tp_harness.errors import TpHarnessError
+from tp_harness.spec.gates import Gate, check_gate, parse_gate
 
 PROMPT_KINDS = ("original", "best")
 WORST_SAMPLES = 3
@@ -202,7 +202,7 @@ class TpSession:
         dirs = [Path(d) if Path(d).is_absolute() else root / d for d in (config.getoption("tp_specs") or [])]
         dirs += [Path(d) for d in config.getini("tp_specs")]
         if not dirs:
-            from .specs import BUILTIN_SPEC_DIR
+            from tp_harness.spec.schema import BUILTIN_SPEC_DIR
 
             dirs = [root / "task_specs"] if (root / "task_specs").is_dir() else [BUILTIN_SPEC_DIR]
         results_dir = Path(_option(config, "tp_results_dir") or "results")
@@ -238,7 +238,7 @@ class TpSession:
     @property
     def registries(self) -> Any:
         if self._registries is None:
-            from .plugins import build_registries
+            from tp_harness.plugin.manager import build_registries
 
             self._registries = build_registries()
         return self._registries
@@ -247,7 +247,7 @@ class TpSession:
     def backend(self) -> Any:
         """The scorer LLM (an ``LMBackend``), loaded on first use; :raises BackendError: it cannot load."""
         if self._backend is None:
-            from .runner import build_backend
+            from tp_harness.runs.runner import build_backend
 
             self._backend = build_backend(self.model_name, self.model_args, self.registries, dtype="float32",
                                           batch_size="16")
@@ -256,15 +256,15 @@ class TpSession:
 
     def spec_paths(self) -> dict[str, Path]:
         """Every spec known to the session by task name: the shipped specs plus the session's directories."""
-        from .runner import spec_index
+        from tp_harness.runs.runner import spec_index
 
         return spec_index(self.spec_dirs)
 
     def prepared(self, task: str) -> Any:
         """The task's ``PreparedTask`` (lm-eval task object, splits) in its default scoring mode, built once."""
         if task not in self._prepared:
-            from .evaluator import prepare_task
-            from .runner import load_specs
+            from tp_harness.evaluation.evaluator import prepare_task
+            from tp_harness.runs.runner import load_specs
 
             (spec,) = load_specs([task], self.spec_dirs, self.registries)
             caps = {"test": self.limit} if self.limit else None
@@ -291,7 +291,7 @@ class TpSession:
         return self._prompts[key]
 
     def _stored_best(self, task: str) -> PromptChoice | None:
-        from .report import load_results
+        from tp_harness.reporting.report import load_results
 
         runs, _problems = load_results(self.results_dir)
         def finished(run) -> tuple[float, str]:  # lm-eval's results "date" (a Unix time), then the run id
@@ -313,7 +313,7 @@ class TpSession:
 
         :return: one ``Evaluation`` per prompt, in order (metrics: every registered metric plus composite).
         """
-        from .evaluator import EvalJob, evaluate_jobs
+        from tp_harness.evaluation.evaluator import EvalJob, evaluate_jobs
 
         prep = self.prepared(task)
         keys = [(task, p, split, self.limit) for p in prompts]
@@ -338,7 +338,7 @@ class TpSession:
         ``two_stage``; the session's budget (``smoke`` unless ``--tp-budget``). The same call twice in a
         session runs once.
         """
-        from .runner import OptimizeSettings, run_optimize
+        from tp_harness.runs.runner import OptimizeSettings, run_optimize
 
         key = (task, tuple(sources or ()), budget, mode, seed)
         if key in self._optimized:
@@ -387,7 +387,7 @@ class SpecFile(pytest.File):
     """A task spec YAML collected as a test file; its child is the task."""
 
     def collect(self) -> Iterator[pytest.Collector]:
-        from .specs import load_spec
+        from tp_harness.spec.schema import load_spec
 
         session = _session(self.config)
         spec = load_spec(self.path, metric_names=set(session.registries.metrics.names()))
@@ -479,7 +479,7 @@ class GateItem(pytest.Item):
         worst = worst_samples(ev.records, WORST_SAMPLES)
         if worst:
             lines.append(f"  worst {len(worst)} samples (wrong answers with the highest confidence first):")
-        from .evaluator import render_context
+        from tp_harness.evaluation.evaluator import render_context
 
         prep = session.prepared(self.task)
         for r in worst:

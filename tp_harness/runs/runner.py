@@ -19,24 +19,31 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backends import DEFAULT_MODEL, LMBackend, parse_model_args, resolve_backend
-from .backends.base import REFERENCE_BASE_MODEL_FIX, REFERENCE_BASE_MODEL_PROBLEM
-from .constants import (
+from tp_harness.backends import DEFAULT_MODEL, LMBackend, parse_model_args, resolve_backend
+from tp_harness.backends.base import REFERENCE_BASE_MODEL_FIX, REFERENCE_BASE_MODEL_PROBLEM
+from tp_harness.constants import (
     ABLATION_MODES,
     DEFAULT_BUDGET,
     DEFAULT_REFERENCE_SHARE,
     DEFAULT_SOURCES,
     DEFAULT_TARGETS,
 )
-from .errors import BackendError, RunError, UsageError
-from .evaluator import EvalJob, Evaluation, PreparedTask, evaluate_jobs, prepare_task, uses_chat_template
-from .export import export_task_yaml, lm_eval_results
-from .hookspecs import Registries
-from .journal import RunDir, make_run_id
-from .optimizer.budget import Budget, Projection, get_budget
-from .optimizer.loop import Progress
-from .optimizer.transfer import RunContext, RunOutcome, project_calls
-from .specs import BUILTIN_SPEC_DIR, TaskSpec, discover_specs, load_spec
+from tp_harness.errors import BackendError, RunError, UsageError
+from tp_harness.evaluation.evaluator import (
+    EvalJob,
+    Evaluation,
+    PreparedTask,
+    evaluate_jobs,
+    prepare_task,
+    uses_chat_template,
+)
+from tp_harness.interop.export import export_task_yaml, lm_eval_results
+from tp_harness.optimizer.budget import Budget, Projection, get_budget
+from tp_harness.optimizer.loop import Progress
+from tp_harness.optimizer.transfer import RunContext, RunOutcome, project_calls
+from tp_harness.plugin.hookspecs import Registries
+from tp_harness.spec.schema import BUILTIN_SPEC_DIR, TaskSpec, discover_specs, load_spec
+from tp_harness.store.journal import RunDir, make_run_id
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +110,8 @@ def check_cache_dir(cache: bool) -> None:
     The folder holds converted embedded models and, unless ``--no-cache``, the response cache.
     :raises CacheError: it is a file, or it cannot be created.
     """
-    from .backends.cache import default_cache_dir
-    from .errors import CacheError
+    from tp_harness.backends.cache import default_cache_dir
+    from tp_harness.errors import CacheError
 
     root = default_cache_dir()
     try:
@@ -113,7 +120,7 @@ def check_cache_dir(cache: bool) -> None:
         raise CacheError(root, f"TP_CACHE_DIR (or ~/.cache/tp_harness) is not a usable directory "
                                f"({err.strerror}); point TP_CACHE_DIR at a writable directory") from None
     if cache:
-        from .backends.cache import open_cache
+        from tp_harness.backends.cache import open_cache
 
         open_cache(root)
 
@@ -121,7 +128,7 @@ def check_cache_dir(cache: bool) -> None:
 def scorer_stamp(settings: OptimizeSettings, scorer: LMBackend) -> dict[str, Any]:
     """What identifies the scorer of a run's rows: model, model args (less batch size and device), and the
     backend's identity (checkpoint, weights, dtype, chat template hash). Journal rows carry its fingerprint."""
-    from .backends.base import fingerprint
+    from tp_harness.backends.base import fingerprint
 
     identity = dict(scorer.identity)
     if "gguf_sha256" in identity:
@@ -153,7 +160,7 @@ def check_resume_scorer(run: RunDir, stamp: dict[str, Any]) -> None:
 
     :raises RunError: the rows (or config.json) name another scorer; the message shows each field that differs.
     """
-    from .backends.base import fingerprint
+    from tp_harness.backends.base import fingerprint
 
     config = run.config()
     now = fingerprint(stamp)
@@ -198,7 +205,7 @@ def check_instruction_before_load(model: str, model_args: str, registries: Regis
 
     :raises UsageError: the instruction is at least as many tokens as the model's window (says both).
     """
-    from .backends import instruction_tokens_before_load
+    from tp_harness.backends import instruction_tokens_before_load
 
     found = instruction_tokens_before_load(model, parse_model_args(model_args), registries.backends, instruction)
     if found is not None:
@@ -218,7 +225,7 @@ def build_backend(model: str, model_args: str | dict, registries: Registries, *,
 
     :param cache: answer repeated requests from the response cache under ``$TP_CACHE_DIR`` (``--no-cache``: off).
     """
-    from .backends.cache import open_cache
+    from tp_harness.backends.cache import open_cache
 
     args = parse_model_args(model_args) if isinstance(model_args, str) else dict(model_args)
     return resolve_backend(model, args, registries.backends, cache=open_cache() if cache else None, dtype=dtype,
@@ -325,7 +332,7 @@ def _saved_settings(run: RunDir) -> OptimizeSettings:
 def _prepare(settings: OptimizeSettings, registries: Registries, *, run: RunDir | None,
              progress: Callable[[str, int], Progress] | None = None) -> tuple[RunContext, Projection]:
     """:func:`prepare_run` once the settings are known; ``run`` is the locked run directory of a resume."""
-    from .backends import check_model_args
+    from tp_harness.backends import check_model_args
 
     check_model_args(settings.model, parse_model_args(settings.model_args), registries.backends)
     if settings.reference_model or settings.reference_model_args:
@@ -395,7 +402,7 @@ def _prepare(settings: OptimizeSettings, registries: Registries, *, run: RunDir 
             "argv": sys.argv, "versions": _versions(),
         }
         run = RunDir.create(Path(settings.results_dir) / "runs", run_id, config)
-    from .backends.base import fingerprint
+    from tp_harness.backends.base import fingerprint
 
     run.row_defaults = {"scorer": fingerprint(stamp)}
     ctx = RunContext(registries=registries, scorer=scorer, reference=reference, sources=sources, targets=targets,
@@ -466,7 +473,7 @@ def export_prepared_task(export_dir: Path, prep: PreparedTask, prompts: Mapping[
                          registries: Registries, *, chat_template: bool = False) -> list[Path]:
     """Export ``prompts`` (``{kind: instruction}``; kinds ``original``, ``best``) of one prepared task as stock
     lm-eval tasks ``<task>__tp_<kind>`` over its test split, scored with the registered metrics, the task's
-    composite weights and answer parser exactly as the evaluator scored them (:func:`tp_harness.export.export_task_yaml`).
+    composite weights and answer parser exactly as the evaluator scored them (:func:`tp_harness.interop.export.export_task_yaml`).
 
     :param chat_template: whether the harness rendered the task with the chat template (recorded in the YAML, which
         stock lm-eval then runs with ``--apply_chat_template``).
@@ -483,7 +490,7 @@ def export_prepared_task(export_dir: Path, prep: PreparedTask, prompts: Mapping[
 def _validation_composite(run: RunDir, task: str, prompt: str | None) -> float | None:
     if not prompt:
         return None
-    from .evaluator import prompt_sha
+    from tp_harness.evaluation.evaluator import prompt_sha
 
     rows = run.find(stage="select", task=task, prompt_sha=prompt_sha(prompt))
     return rows[0]["metrics"].get("composite") if rows else None
@@ -569,7 +576,7 @@ def evaluate_prompt(
     :return: the prepared task and the :class:`Evaluation` (records and metrics).
     :raises UsageError: ``limit`` < 1, unknown model args, or an instruction longer than the model's window.
     """
-    from .backends import check_model_args
+    from tp_harness.backends import check_model_args
 
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be at least 1, got {limit} (leave it out to evaluate the whole split)")

@@ -21,12 +21,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backends.base import LMBackend
-from .constants import SPLITS
-from .errors import BackendError, SpecError
-from .hookspecs import DataFormatDef, MetricDef, Registry
-from .metrics import DEFAULT_WEIGHTS, SampleRecord, compute_metrics
-from .specs import AnswerFormat, TaskSpec
+from tp_harness.backends.base import LMBackend
+from tp_harness.constants import SPLITS
+from tp_harness.errors import BackendError, SpecError
+from tp_harness.evaluation.metrics import DEFAULT_WEIGHTS, SampleRecord, compute_metrics
+from tp_harness.plugin.hookspecs import DataFormatDef, MetricDef, Registry
+from tp_harness.spec.schema import AnswerFormat, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +100,9 @@ def prepare_task(
     import datasets
     from lm_eval.api.task import ConfigurableTask
 
-    from .data import load_rows, split_indices
-    from .doc_checks import check_docs, check_first_doc
-    from .templates import install_lm_eval_sandbox
+    from tp_harness.data.formats import load_rows, split_indices
+    from tp_harness.spec.doc_checks import check_docs, check_first_doc
+    from tp_harness.spec.templates import install_lm_eval_sandbox
 
     install_lm_eval_sandbox()  # every template of the task renders in jinja2's sandbox
     mode = mode or spec.modes[0]
@@ -134,8 +134,8 @@ def prepare_task(
 
 
 def _check_sizes(spec: TaskSpec, num_docs: int) -> None:
-    """:raises SpecError: the splits ask for more docs than the data holds (as :func:`tp_harness.data.split_docs`)."""
-    from .data import split_docs
+    """:raises SpecError: the splits ask for more docs than the data holds (as :func:`tp_harness.data.formats.split_docs`)."""
+    from tp_harness.data.formats import split_docs
 
     split_docs(spec, [{}] * num_docs)
 

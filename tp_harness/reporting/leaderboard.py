@@ -4,7 +4,7 @@ Owns rendering and writing ``results/LEADERBOARD.md`` (and ``--format csv|json``
 (models x datasets, original -> optimized composite), one table per dataset with all six metrics, n and
 bootstrap intervals, the ablation table (two-stage vs no-transfer vs source-only), the list of runs with
 links to their reports and plots, and the skipped files; plus the overview and ablation figures. The rows
-come from :mod:`tp_harness.leaderboard_data`, the stored files from :mod:`tp_harness.stored_runs` (a
+come from :mod:`tp_harness.reporting.leaderboard_data`, the stored files from :mod:`tp_harness.store.stored_runs` (a
 corrupt or partial results file is reported and skipped, never fatal). It runs no model (DESIGN.md
 section 1). Deterministic: the same stored files give the same bytes (no clock, no absolute path).
 """
@@ -22,9 +22,9 @@ from typing import Any
 
 from tabulate import tabulate
 
-from .constants import ABLATION_MODES
-from .files import atomic_write_text
-from .leaderboard_data import (
+from tp_harness.constants import ABLATION_MODES
+from tp_harness.files import atomic_write_text
+from tp_harness.reporting.leaderboard_data import (
     Row,
     ablation_groups,
     delta_is_significant,
@@ -32,8 +32,8 @@ from .leaderboard_data import (
     optimized_row,
     overview_cells,
 )
-from .plots import plot_ablation, plot_overview
-from .stored_runs import StoredRun, fmt_value, is_number, load_results, md_cell
+from tp_harness.reporting.plots import plot_ablation, plot_overview
+from tp_harness.store.stored_runs import StoredRun, fmt_value, is_number, load_results, md_cell
 
 __all__ = ["FORMATS", "build_leaderboard", "evaluation_rows", "leaderboard_csv", "leaderboard_json", "load_results",
            "render_leaderboard", "task_tables", "write_leaderboard"]

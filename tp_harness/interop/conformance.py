@@ -17,11 +17,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .backends import LMBackend
-from .errors import SpecError
-from .evaluator import EvalJob, PreparedTask, evaluate_jobs, prepare_task, uses_chat_template
-from .hookspecs import Registries
-from .specs import TaskSpec
+from tp_harness.backends import LMBackend
+from tp_harness.errors import SpecError
+from tp_harness.evaluation.evaluator import (
+    EvalJob,
+    PreparedTask,
+    evaluate_jobs,
+    prepare_task,
+    uses_chat_template,
+)
+from tp_harness.plugin.hookspecs import Registries
+from tp_harness.spec.schema import TaskSpec
 
 log = logging.getLogger(__name__)
 

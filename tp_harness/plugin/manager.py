@@ -11,7 +11,7 @@ There is no module-global manager: callers build one and pass the registries dow
 Environment:
 - ``TP_HARNESS_PLUGINS`` unset: every ``tp_harness`` entry point loads. Set to ``name,...``: only those,
   each an entry-point name or an importable module name. Set to ``""``: none (exactly the built-ins).
-- ``TP_HARNESS_TRACE_PLUGINS=1``: trace every hook call to the ``tp_harness.plugins`` logger (INFO).
+- ``TP_HARNESS_TRACE_PLUGINS=1``: trace every hook call to the ``tp_harness.plugin.manager`` logger (INFO).
 """
 
 from __future__ import annotations
@@ -25,21 +25,21 @@ from dataclasses import dataclass
 
 import pluggy
 
-from . import hookspecs
-from .errors import PluginError, TpHarnessError
-from .hookspecs import PROJECT, PluginInfo, Registries
+from tp_harness.errors import PluginError, TpHarnessError
+from tp_harness.plugin import hookspecs
+from tp_harness.plugin.hookspecs import PROJECT, PluginInfo, Registries
 
 log = logging.getLogger(__name__)
 
 #: built-in plugins, registered exactly as third-party plugins are, in this order (which is also the
 #: order their hooks run and their reporters are called: ``results.json`` is written before the report)
 BUILTIN_PLUGINS: tuple[str, ...] = (
-    "tp_harness.data",
-    "tp_harness.metrics",
+    "tp_harness.data.formats",
+    "tp_harness.evaluation.metrics",
     "tp_harness.backends",
     "tp_harness.optimizer.transfer",
-    "tp_harness.export",
-    "tp_harness.report",
+    "tp_harness.interop.export",
+    "tp_harness.reporting.report",
 )
 
 #: the distribution the built-in plugins come from
@@ -47,7 +47,7 @@ BUILTIN_DIST = "tp-harness"
 
 #: selects the external plugins: unset = all entry points, "a,b" = exactly those, "" = none
 PLUGINS_ENV = "TP_HARNESS_PLUGINS"
-#: "1" traces every hook call to the ``tp_harness.plugins`` logger
+#: "1" traces every hook call to the ``tp_harness.plugin.manager`` logger
 TRACE_ENV = "TP_HARNESS_TRACE_PLUGINS"
 
 _HOOK_TO_REGISTRY = {
@@ -116,7 +116,7 @@ def get_plugin_manager(
         entry-point name (loaded with ``load_setuptools_entrypoints(group, name=...)``) or, failing
         that, an importable module name; ``()`` loads none.
     :param extra_plugins: importable module names registered right after the built-ins (tests, embedding).
-    :param trace: trace every hook call to the ``tp_harness.plugins`` logger at INFO level.
+    :param trace: trace every hook call to the ``tp_harness.plugin.manager`` logger at INFO level.
     :return: the manager, every plugin registered and checked.
     :raises PluginError: a selected name is neither an entry point nor a module (lists the entry-point
         names), two distributions declare one entry-point name, or an entry point cannot be imported.
@@ -208,7 +208,7 @@ def _load_entry_point(
 
 
 def _enable_tracing(pm: pluggy.PluginManager) -> None:
-    """Send pluggy's hook-call trace (``pm.trace``) to the ``tp_harness.plugins`` logger at INFO level."""
+    """Send pluggy's hook-call trace (``pm.trace``) to the ``tp_harness.plugin.manager`` logger at INFO level."""
 
     def write(message: str) -> None:
         log.info("trace: %s", message.rstrip("\n"))

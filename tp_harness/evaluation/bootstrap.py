@@ -3,7 +3,7 @@
 Owns resampling the per-sample records of one stored evaluation (``samples/*.jsonl``) with replacement
 and recomputing ACC, IFR, ECE, AUROC, PR-P, PR-N and the composite on every resample, vectorized with
 numpy (a resample is a row of per-sample multiplicities, so 1,000 resamples cost milliseconds), and
-the percentile interval of each. The weighted formulas reproduce :mod:`tp_harness.metrics` exactly
+the percentile interval of each. The weighted formulas reproduce :mod:`tp_harness.evaluation.metrics` exactly
 on the full sample (tested against it). Pure: arrays and dicts in, numbers out; randomness only from
 the ``numpy.random.Generator`` seed the caller passes. Source: Efron & Tibshirani (1993), "An
 Introduction to the Bootstrap", percentile interval.
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .constants import BUILTIN_METRICS
+from tp_harness.constants import BUILTIN_METRICS
 
 NUM_RESAMPLES = 1000
 LEVEL = 0.95
@@ -83,7 +83,7 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def _bins(conf: np.ndarray) -> np.ndarray:
-    """Right-closed bins as :func:`tp_harness.metrics.expected_calibration_error` uses them."""
+    """Right-closed bins as :func:`tp_harness.evaluation.metrics.expected_calibration_error` uses them."""
     edges = np.arange(NUM_BINS + 1, dtype=np.float64) / NUM_BINS
     return np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, NUM_BINS - 1)
 
@@ -138,7 +138,7 @@ def weighted_metrics(arrays: SampleArrays, counts: np.ndarray) -> dict[str, np.n
 def weighted_composite(values: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
     """The composite of every resample: weighted mean of phi_m over the defined metrics (renormalized).
 
-    phi = value, or 1 - value for ECE, as :func:`tp_harness.metrics.composite_score`. Metrics without a
+    phi = value, or 1 - value for ECE, as :func:`tp_harness.evaluation.metrics.composite_score`. Metrics without a
     weight are ignored; NaN where no weighted metric is defined.
     """
     num = den = 0.0
@@ -175,7 +175,7 @@ def bootstrap_intervals(
     """Percentile bootstrap intervals of every metric and the composite of one evaluation.
 
     :param arrays: the evaluation's samples (n >= 1).
-    :param weights: the composite weights (e.g. :data:`tp_harness.metrics.DEFAULT_WEIGHTS`).
+    :param weights: the composite weights (e.g. :data:`tp_harness.evaluation.metrics.DEFAULT_WEIGHTS`).
     :param seed: seeds ``numpy.random.default_rng``; the same seed and samples give the same intervals.
     :return: ``{"acc" | "ifr" | "ece" | "auroc" | "pr_p" | "pr_n" | "composite": (low, high) or None}``;
         None where the metric is undefined on every resample, or n == 0.

@@ -4,8 +4,8 @@ Owns reading a run's ``results.json``, ``config.json``, ``journal.jsonl``, ``bes
 samples files, rendering them as ``report.md`` (tabulate, github format) and drawing the optimization
 trajectory, the reliability diagram and the per-metric before/after bars (matplotlib, Agg). It never
 runs a model: it reads the JSON that the journal and export wrote, as described in
-``docs/run-directory.md``. The cross-run leaderboard lives in :mod:`tp_harness.leaderboard` and reading
-stored runs in :mod:`tp_harness.stored_runs` (both re-exported here), the plots in :mod:`tp_harness.plots`.
+``docs/run-directory.md``. The cross-run leaderboard lives in :mod:`tp_harness.reporting.leaderboard` and reading
+stored runs in :mod:`tp_harness.store.stored_runs` (both re-exported here), the plots in :mod:`tp_harness.reporting.plots`.
 """
 
 from __future__ import annotations
@@ -17,14 +17,19 @@ from typing import Any
 
 from tabulate import tabulate
 
-from .errors import RunError
-from .files import atomic_write_text
-from .hookspecs import Registry, ReporterDef, hookimpl
-from .leaderboard import build_leaderboard, evaluation_rows, task_tables, write_leaderboard
-from .plots import plot_metric_bars, plot_reliability, plot_trajectory, trajectory_series
-from .stored_runs import StoredRun, load_results, make_run, read_jsonl_rows, read_results_file
-from .stored_runs import fmt_value as _fmt
-from .stored_runs import md_cell as _cell
+from tp_harness.errors import RunError
+from tp_harness.files import atomic_write_text
+from tp_harness.plugin.hookspecs import Registry, ReporterDef, hookimpl
+from tp_harness.reporting.leaderboard import (
+    build_leaderboard,
+    evaluation_rows,
+    task_tables,
+    write_leaderboard,
+)
+from tp_harness.reporting.plots import plot_metric_bars, plot_reliability, plot_trajectory, trajectory_series
+from tp_harness.store.stored_runs import StoredRun, load_results, make_run, read_jsonl_rows, read_results_file
+from tp_harness.store.stored_runs import fmt_value as _fmt
+from tp_harness.store.stored_runs import md_cell as _cell
 
 log = logging.getLogger(__name__)
 
@@ -290,8 +295,8 @@ def _write_leaderboard_reporter(run_dir: Path, results: dict[str, Any], *, resul
 def tp_register_reporters(registry: Registry[ReporterDef]) -> None:
     """Register the built-in reporters ``plots``, ``markdown-report`` and ``leaderboard``.
 
-    They read ``results.json``, which the ``results-json`` reporter of :mod:`tp_harness.export` writes
-    first (built-in plugins run in ``tp_harness.plugins.BUILTIN_PLUGINS`` order).
+    They read ``results.json``, which the ``results-json`` reporter of :mod:`tp_harness.interop.export` writes
+    first (built-in plugins run in ``tp_harness.plugin.manager.BUILTIN_PLUGINS`` order).
     """
     registry.add(
         "plots",

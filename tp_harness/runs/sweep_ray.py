@@ -1,6 +1,6 @@
 """``tp-harness sweep --executor ray``: the sweep's plan run on a Ray cluster, one Ray task per model group.
 
-Owns mapping a sweep onto Ray core (docs/scaling.md): the planner of :mod:`tp_harness.sweep` is kept as it is
+Owns mapping a sweep onto Ray core (docs/scaling.md): the planner of :mod:`tp_harness.runs.sweep` is kept as it is
 (deterministic run ids, finished runs skipped, interrupted ones resumed from their journals); the unfinished runs
 are grouped by model and each group becomes one Ray task, sized ``num_gpus`` = the tensor-parallel size for
 ``vllm`` or ``num_cpus`` otherwise (plus any custom resources). A task runs its model's targets and modes in order
@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
-from .leaderboard import write_leaderboard
-from .sweep import SweepItem, SweepOutcome, SweepSettings, plan_sweep, run_item, run_state
+from tp_harness.errors import UsageError
+from tp_harness.reporting.leaderboard import write_leaderboard
+from tp_harness.runs.sweep import SweepItem, SweepOutcome, SweepSettings, plan_sweep, run_item, run_state
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,8 @@ def run_model_group(settings: SweepSettings, items: Sequence[SweepItem], since: 
     :return: ``{"executed", "resumed", "skipped": [run ids], "failed": [[run id, message]], "shard": path|None,
         "host": name, "pid": int, "started": t, "finished": t}``.
     """
-    from .backends.cache import open_cache
-    from .plugins import build_registries, get_plugin_manager
+    from tp_harness.backends.cache import open_cache
+    from tp_harness.plugin.manager import build_registries, get_plugin_manager
 
     started = time.time()
     registries = build_registries(get_plugin_manager())
@@ -154,7 +154,7 @@ def run_model_group(settings: SweepSettings, items: Sequence[SweepItem], since: 
 def merge_shards(results_dir: str | Path, cache: Any = None) -> int:
     """Merge every shard under ``<results_dir>/cache-shards/`` into ``cache`` (default: this process's response
     cache) and delete the merged files. :return: the entries added (0 when all were present)."""
-    from .backends.cache import open_cache
+    from tp_harness.backends.cache import open_cache
 
     cache = cache or open_cache()
     added = 0
@@ -175,7 +175,7 @@ def run_sweep_on_ray(
     rebuild ``<results_dir>/LEADERBOARD.md`` once.
 
     Finished runs are skipped on the driver without touching the cluster. Results equal the sequential sweep's
-    (:func:`tp_harness.sweep.run_sweep`): each run is the same deterministic optimization.
+    (:func:`tp_harness.runs.sweep.run_sweep`): each run is the same deterministic optimization.
     :param on_item: ``(item, "skip" | "run" | "done" | "failed")`` as runs are planned and groups come back.
     :param on_group: called with each group task's report (see :func:`run_model_group`).
     :raises UsageError: the grid is invalid, ray is not installed, or the cluster lacks a resource a group needs.

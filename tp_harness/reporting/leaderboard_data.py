@@ -4,7 +4,7 @@ Owns turning stored runs into :class:`Row` objects (one per test-split evaluatio
 bootstrap intervals of ACC and the composite from the stored per-sample records), choosing the headline
 run of each (model, dataset) overview cell, grouping runs of the three modes into ablation groups, and
 the paired difference test that marks a significant change. Pure: stored files in, rows out; the
-rendering is :mod:`tp_harness.leaderboard`.
+rendering is :mod:`tp_harness.reporting.leaderboard`.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bootstrap import (
+from tp_harness.constants import ABLATION_MODES
+from tp_harness.evaluation.bootstrap import (
     SampleArrays,
     bootstrap_intervals,
     paired_delta_interval,
     weighted_composite,
     weighted_metrics,
 )
-from .constants import ABLATION_MODES
-from .metrics import DEFAULT_WEIGHTS
-from .stored_runs import StoredRun, is_number, read_jsonl_rows
+from tp_harness.evaluation.metrics import DEFAULT_WEIGHTS
+from tp_harness.store.stored_runs import StoredRun, is_number, read_jsonl_rows
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """YAML reading for task specs: parse once, refuse duplicate keys, and map dotted fields to lines.
 
 Owns turning a spec file into (data, ``{"tp.splits.test": 14, ...}``) so every SpecError can name the
-line of the offending field. It knows nothing about the spec's schema (that is :mod:`tp_harness.specs`).
+line of the offending field. It knows nothing about the spec's schema (that is :mod:`tp_harness.spec.schema`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .errors import SpecError
+from tp_harness.errors import SpecError
 
 _LAST_PART = re.compile(r"(\.[^.\[\]]+|\[\d+\]|^[^.\[\]]+)$")
 

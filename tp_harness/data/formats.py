@@ -25,12 +25,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .constants import SPLITS
-from .errors import DataError, SpecError, UnknownNameError
-from .hookspecs import DataFormatDef, Registry, hookimpl
+from tp_harness.constants import SPLITS
+from tp_harness.errors import DataError, SpecError, UnknownNameError
+from tp_harness.plugin.hookspecs import DataFormatDef, Registry, hookimpl
 
 if TYPE_CHECKING:
-    from .specs import TaskSpec
+    from tp_harness.spec.schema import TaskSpec
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_path
+from tp_harness.files import atomic_path
 
 NUM_BINS = 10
 
@@ -22,7 +22,7 @@ def _is_number(value: Any) -> bool:
 
 
 def _atomic_save_figure(fig: Any, path: Path) -> None:
-    """Save a matplotlib figure as PNG atomically (:func:`tp_harness.journal.atomic_path`)."""
+    """Save a matplotlib figure as PNG atomically (:func:`tp_harness.store.journal.atomic_path`)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
 

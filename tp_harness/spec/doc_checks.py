@@ -15,9 +15,9 @@ from typing import Any
 
 import jinja2
 
-from .errors import DataError, SpecError
-from .specs import AnswerFormat, TaskSpec
-from .templates import SecurityError
+from tp_harness.errors import DataError, SpecError
+from tp_harness.spec.schema import AnswerFormat, TaskSpec
+from tp_harness.spec.templates import SecurityError
 
 #: one row's origin: (data file, line or record number)
 Origin = tuple[Path, int]
@@ -93,7 +93,7 @@ class _Templates:
         self.config = config
 
     def _field(self, name: str, doc: Mapping[str, Any]) -> Any:
-        from .templates import sandbox
+        from tp_harness.spec.templates import sandbox
 
         value = self.config.get(name)
         if not isinstance(value, str):

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from .constants import (
+from tp_harness.constants import (
     DEFAULT_BUDGET,
     DEFAULT_MODEL,
     DEFAULT_REFERENCE_SHARE,
@@ -25,7 +25,7 @@ from .constants import (
     SPLITS,
     SWEEP_BUDGET,
 )
-from .errors import TpHarnessError, UsageError
+from tp_harness.errors import TpHarnessError, UsageError
 
 log = logging.getLogger("tp_harness")
 
@@ -103,7 +103,7 @@ def _share(text: str) -> float:
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
-    from .backends import DEFAULT_MODEL
+    from tp_harness.backends import DEFAULT_MODEL
 
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"scorer LLM backend: embedded:<name>, hf, vllm, ... (default {DEFAULT_MODEL})")
@@ -150,14 +150,14 @@ def _resources(text: str) -> dict[str, float]:
 
 
 def _studies_help() -> str:
-    from .studies import STUDIES
+    from tp_harness.spec.studies import STUDIES
 
     return "; ".join(f"{s.name}: {s.description}" for s in STUDIES.values())
 
 
 def _resolve_tasks(args) -> None:
-    """Fill ``args.sources`` and ``args.targets`` from ``--study`` or the defaults (see tp_harness.studies)."""
-    from .studies import resolve_tasks
+    """Fill ``args.sources`` and ``args.targets`` from ``--study`` or the defaults (see tp_harness.spec.studies)."""
+    from tp_harness.spec.studies import resolve_tasks
 
     args.sources, args.targets = resolve_tasks(args.study, args.sources, args.targets, DEFAULT_SOURCES,
                                                DEFAULT_TARGETS)
@@ -170,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command")
 
-    from .optimizer.budget import BUDGETS
-    from .studies import STUDIES
+    from tp_harness.optimizer.budget import BUDGETS
+    from tp_harness.spec.studies import STUDIES
 
     o = sub.add_parser("optimize", help="run two-stage Transfer-Prompting (the main job)")
     _add_model_flags(o)
@@ -326,14 +326,14 @@ def _os_error_text(err: OSError) -> str:
 
 
 def _registries():
-    from .plugins import build_registries
+    from tp_harness.plugin.manager import build_registries
 
     return build_registries()
 
 
 def _cmd_optimize(args) -> int:
-    from .backends.base import parse_model_args
-    from .runner import OptimizeSettings, run_optimize
+    from tp_harness.backends.base import parse_model_args
+    from tp_harness.runs.runner import OptimizeSettings, run_optimize
 
     _resolve_tasks(args)
     settings = OptimizeSettings(
@@ -384,7 +384,7 @@ def _print_results(results: dict) -> None:
 
 
 def _cmd_evaluate(args) -> int:
-    from .runner import evaluate_prompt
+    from tp_harness.runs.runner import evaluate_prompt
 
     prompt = args.prompt
     if args.prompt_file is not None:
@@ -423,8 +423,8 @@ def _cmd_evaluate(args) -> int:
 def _cmd_sweep(args) -> int:
     from tqdm.auto import tqdm
 
-    from .runner import OptimizeSettings
-    from .sweep import SweepSettings, plan_sweep, run_sweep
+    from tp_harness.runs.runner import OptimizeSettings
+    from tp_harness.runs.sweep import SweepSettings, plan_sweep, run_sweep
 
     _resolve_tasks(args)
     settings = SweepSettings(models=args.models, targets=args.targets, modes=args.modes, run=OptimizeSettings(
@@ -468,7 +468,7 @@ def _cmd_sweep(args) -> int:
 def _sweep_on_ray(settings, args, total: int) -> int:
     from tqdm.auto import tqdm
 
-    from .sweep_ray import RayOptions, run_sweep_on_ray
+    from tp_harness.runs.sweep_ray import RayOptions, run_sweep_on_ray
 
     options = RayOptions(address=args.ray_address, max_retries=args.ray_max_retries, num_cpus=args.ray_num_cpus,
                          resources=args.ray_resources)
@@ -493,7 +493,7 @@ def _sweep_on_ray(settings, args, total: int) -> int:
 
 
 def _cmd_leaderboard(args) -> int:
-    from .leaderboard import render_leaderboard, write_leaderboard
+    from tp_harness.reporting.leaderboard import render_leaderboard, write_leaderboard
 
     if args.fmt != "md" and args.output is None:
         sys.stdout.write(render_leaderboard(args.results_dir, fmt=args.fmt))
@@ -506,8 +506,8 @@ def _cmd_leaderboard(args) -> int:
 def _cmd_tasks(args) -> int:
     from tabulate import tabulate
 
-    from .runner import spec_index
-    from .specs import load_spec
+    from tp_harness.runs.runner import spec_index
+    from tp_harness.spec.schema import load_spec
 
     rows = []
     regs = _registries()
@@ -525,7 +525,7 @@ def _cmd_tasks(args) -> int:
 def _cmd_models(args) -> int:
     from tabulate import tabulate
 
-    from .backends.embedded import ZOO
+    from tp_harness.backends.embedded import ZOO
 
     regs = _registries()
     print(tabulate([[e.name, e.plugin, e.item.description] for e in regs.backends.entries()],
@@ -561,8 +561,8 @@ def _cmd_plugins(args) -> int:
 def _cmd_cache(args) -> int:
     from tabulate import tabulate
 
-    from .backends.cache import ResponseCache, default_cache_dir, open_cache
-    from .errors import CacheError
+    from tp_harness.backends.cache import ResponseCache, default_cache_dir, open_cache
+    from tp_harness.errors import CacheError
 
     try:
         cache = open_cache(args.cache_dir)

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 
 import pluggy
 
-from .errors import DuplicateNameError, UnknownNameError
+from tp_harness.errors import DuplicateNameError, UnknownNameError
 
 PROJECT = "tp_harness"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -33,7 +33,7 @@ class PluginInfo:
     :ivar dist: the installed distribution that provides it (``"tp-harness"`` for built-ins); ``None``
         for a module that no installed distribution provides (e.g. one on ``PYTHONPATH``).
     :ivar version: that distribution's version, or ``None``.
-    :ivar builtin: the plugin is one of ``tp_harness.plugins.BUILTIN_PLUGINS``.
+    :ivar builtin: the plugin is one of ``tp_harness.plugin.manager.BUILTIN_PLUGINS``.
     """
 
     name: str
@@ -93,7 +93,7 @@ class Registry(Generic[T]):
     def bind(self, source: PluginInfo | None) -> None:
         """Record ``source`` as the plugin that adds the next entries; ``None`` resets to ``"<direct>"``.
 
-        Called by ``tp_harness.plugins.build_registries`` around each hook implementation.
+        Called by ``tp_harness.plugin.manager.build_registries`` around each hook implementation.
         """
         self.source = source if source is not None else PluginInfo("<direct>")
 
@@ -160,7 +160,7 @@ class MetricDef:
     """A corpus-level metric of the objective prompt evaluator.
 
     ``compute(records)`` takes the per-sample records of one (task, prompt, split) evaluation
-    (``tp_harness.metrics.SampleRecord``) and returns a float in [0, 1] or ``None`` when the metric
+    (``tp_harness.evaluation.metrics.SampleRecord``) and returns a float in [0, 1] or ``None`` when the metric
     is undefined for those records (the composite then drops its term).
     """
 
@@ -236,7 +236,7 @@ class ReporterDef:
 
 @dataclass(slots=True)
 class Registries:
-    """One registry per kind; built by ``tp_harness.plugins.build_registries``."""
+    """One registry per kind; built by ``tp_harness.plugin.manager.build_registries``."""
 
     data_formats: Registry[DataFormatDef] = field(default_factory=lambda: Registry("data format", DataFormatDef))
     metrics: Registry[MetricDef] = field(default_factory=lambda: Registry("metric", MetricDef))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import UsageError
+from tp_harness.errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import MetricInputError
-from .hookspecs import MetricDef, Registry, hookimpl
+from tp_harness.errors import MetricInputError
+from tp_harness.plugin.hookspecs import MetricDef, Registry, hookimpl
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "acc": 0.35,

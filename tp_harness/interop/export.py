@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from .hookspecs import MetricDef, Registry, ReporterDef, hookimpl
-from .journal import atomic_write_json, atomic_write_text, write_jsonl
+from tp_harness.plugin.hookspecs import MetricDef, Registry, ReporterDef, hookimpl
+from tp_harness.store.journal import atomic_write_json, atomic_write_text, write_jsonl
 
 #: the lm-eval metric name of the composite (a bare ``composite`` could clash with other lm-eval metrics)
 LM_EVAL_COMPOSITE = "tp_composite"
@@ -58,7 +58,7 @@ def lm_eval_aggregation_name(metric: str) -> str:
 
 def builtin_metric_defs() -> dict[str, MetricDef]:
     """The built-in metrics (acc, ifr, ece, auroc, pr_p, pr_n) as their plugin registers them."""
-    from . import metrics
+    from tp_harness.evaluation import metrics
 
     registry: Registry[MetricDef] = Registry("metric", MetricDef)
     metrics.tp_register_metrics(registry)
@@ -104,7 +104,7 @@ def export_task_yaml(
     :param test_docs: the test-split docs the harness evaluated, in order.
     :param metric_defs: the metric registry's ``{name: MetricDef}``; default :func:`builtin_metric_defs`.
     :param weights: the composite weights the harness used (``PreparedTask.weights``); default the
-        built-in defaults (``tp_harness.metrics.DEFAULT_WEIGHTS``).
+        built-in defaults (``tp_harness.evaluation.metrics.DEFAULT_WEIGHTS``).
     :param answer_format: the ``generate_until`` parser (``AnswerFormat.model_dump()``); required for that mode.
     :param apply_chat_template: whether the harness rendered the prompts with the chat template. lm-eval takes that
         as a run flag, not a task field: the YAML records it (``metadata.tp_apply_chat_template`` and its header
@@ -153,7 +153,7 @@ def _scoring(
     answer_format: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     """The ``SCORING`` dict of ``<task>_data.py``: what :func:`tp_harness.lm_eval_bridge.make_process_results` reads."""
-    from .metrics import DEFAULT_WEIGHTS
+    from tp_harness.evaluation.metrics import DEFAULT_WEIGHTS
 
     fields = [{k: v for k, v in c.items() if k not in _DROP and k != "metric_list"} for c in configs.values()]
     if any(f != fields[0] for f in fields[1:]):

@@ -4,7 +4,7 @@ A spec is a strict superset of lm-eval's ``TaskConfig``: its top-level keys are 
 unrenamed, plus one ``tp:`` block with what tp-harness adds (domain, role, meta-prompt description,
 original instruction, data files and splits, scoring modes, metric weights, gates, license). This
 module owns parsing and validation, with errors that name the file, line and dotted field, and the
-lm-eval config view per scoring mode. It reads no data rows (``tp_harness.data`` does) and builds no
+lm-eval config view per scoring mode. It reads no data rows (``tp_harness.data.formats`` does) and builds no
 lm-eval task.
 """
 
@@ -31,11 +31,11 @@ from pydantic import (
     model_validator,
 )
 
-from .constants import BUILTIN_METRICS, OUTPUT_TYPES, SPLITS
-from .errors import SpecError
-from .gates import GateSyntaxError, parse_gate
-from .spec_yaml import line_for, parse_yaml
-from .templates import TemplateProblem, check_template, escape_literal
+from tp_harness.constants import BUILTIN_METRICS, OUTPUT_TYPES, SPLITS
+from tp_harness.errors import SpecError
+from tp_harness.spec.gates import GateSyntaxError, parse_gate
+from tp_harness.spec.templates import TemplateProblem, check_template, escape_literal
+from tp_harness.spec.yaml_lines import line_for, parse_yaml
 
 __all__ = [
     "BUILTIN_SPEC_DIR",
@@ -64,7 +64,7 @@ def _builtin_spec_dir() -> Path:
     """Where the shipped task specs are: ``tp_harness/task_specs`` inside an installed wheel (the build maps the
     repository's top-level ``task_specs/`` there, see pyproject.toml), else ``task_specs/`` beside the package in
     a checkout (an editable install)."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # tp_harness/ (this file is tp_harness/spec/schema.py)
     installed = package / "task_specs"
     return installed if installed.is_dir() else package.parent / "task_specs"
 
@@ -415,7 +415,7 @@ class _SpecDocument(_LmEvalFields):
 
 def lm_eval_description(instruction: str) -> str:
     """The lm-eval ``description`` that carries ``instruction``: the text plus ``"\\n\\n"``, escaped with
-    :func:`tp_harness.templates.escape_literal` when it holds Jinja markers (lm-eval renders ``description`` as
+    :func:`tp_harness.spec.templates.escape_literal` when it holds Jinja markers (lm-eval renders ``description`` as
     a Jinja template; the escaped form renders to exactly the text, and nothing in the text can end it)."""
     return escape_literal(instruction) + "\n\n"
 

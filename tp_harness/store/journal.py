@@ -23,8 +23,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import RunError, RunLockedError
-from .files import atomic_write_text as _atomic_write_text
+from tp_harness.errors import RunError, RunLockedError
+from tp_harness.files import atomic_write_text as _atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Reports read stored results only: per-run report and plots, and the cross-run leaderboard."""

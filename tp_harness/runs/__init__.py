@@ -1,0 +1,1 @@
+"""Orchestration: settings to a finished run directory (``runner``), sweeps of runs, and sweeps on Ray."""
