@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from tp_harness.plugin.manager import build_registries
     from tp_harness.runs.runner import build_backend, load_specs, spec_index
-    from tp_harness.spec.schema import load_spec
+    from tp_harness.spec.loader import load_spec
 
     registries = build_registries()
     if args.write_task:

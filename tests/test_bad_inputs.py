@@ -244,8 +244,8 @@ def test_clear_answer_index_out_of_range(tmp_path, capsys):
 
 def test_clear_bad_label_in_a_split_that_is_not_evaluated(tmp_path, capsys):
     """Every split is checked, whatever --split and --limit evaluate: one bad row anywhere is found."""
-    from tp_harness.data.formats import split_indices
-    from tp_harness.spec.schema import load_spec
+    from tp_harness.data.splits import split_indices
+    from tp_harness.spec.loader import load_spec
 
     specs = make_task(tmp_path / "s")
     test_index = split_indices(load_spec(specs / "tiny.yaml"), len(ROWS))["test"][-1]
@@ -273,8 +273,8 @@ def test_clear_same_data_file_listed_twice(tmp_path, capsys):
 
 
 def test_clear_same_row_in_two_splits(tmp_path, capsys):
-    from tp_harness.data.formats import split_indices
-    from tp_harness.spec.schema import load_spec
+    from tp_harness.data.splits import split_indices
+    from tp_harness.spec.loader import load_spec
 
     specs = make_task(tmp_path / "s")
     idx = split_indices(load_spec(specs / "tiny.yaml"), len(ROWS))
@@ -681,7 +681,7 @@ def test_survived_stock_lm_eval_loads_and_runs_an_adversarial_export_and_nothing
     from tp_harness.backends.embedded import ZOO, ensure_checkpoint
     from tp_harness.evaluation.evaluator import prepare_task
     from tp_harness.runs.runner import export_prepared_task
-    from tp_harness.spec.schema import load_spec
+    from tp_harness.spec.loader import load_spec
 
     specs = make_task(tmp_path / "specs")
     prep = prepare_task(load_spec(specs / "tiny.yaml"), data_formats=registries.data_formats)

@@ -16,7 +16,7 @@ import pytest
 
 from tp_harness.interop.conformance import check_conformance, stock_model, upstream_config
 from tp_harness.runs.runner import spec_index
-from tp_harness.spec.schema import load_spec
+from tp_harness.spec.loader import load_spec
 
 DOCS = 32  # test docs per task: the first 32 of the spec's seeded test split
 #: shipped specs whose dataset lm-eval 0.4.13 ships a multiple_choice task for (DESIGN.md section 6)

@@ -10,23 +10,23 @@ import pytest
 from tp_harness.data.formats import (
     load_bbh,
     load_csv,
-    load_docs,
     load_json,
     load_jsonl,
     load_logiqa,
     load_phrasebank,
     load_tsv,
-    split_docs,
     tp_register_data_formats,
 )
+from tp_harness.data.splits import load_docs, split_docs
 from tp_harness.errors import DataError, SpecError
-from tp_harness.plugin.hookspecs import Registry, TaskSourceDef
-from tp_harness.spec.schema import TaskSpec, load_spec
+from tp_harness.plugin.hookspecs import DataFormatDef, Registry
+from tp_harness.spec.loader import load_spec
+from tp_harness.spec.schema import TaskSpec
 
 
 @pytest.fixture
-def sources() -> Registry[TaskSourceDef]:
-    registry: Registry[TaskSourceDef] = Registry("task source", TaskSourceDef)
+def sources() -> Registry[DataFormatDef]:
+    registry: Registry[DataFormatDef] = Registry("task source", DataFormatDef)
     tp_register_data_formats(registry)
     return registry
 
@@ -71,7 +71,7 @@ def jsonl_spec(tmp_path: Path, n: int, **kwargs: str) -> TaskSpec:
 # formats
 
 
-def test_builtin_formats_are_registered_through_the_hook(sources: Registry[TaskSourceDef]) -> None:
+def test_builtin_formats_are_registered_through_the_hook(sources: Registry[DataFormatDef]) -> None:
     assert sources.names() == ["jsonl", "csv", "tsv", "logiqa", "phrasebank", "json", "ai2_arc", "mmlu", "medmcqa",
                                "medqa", "bbh"]
     assert sources.get("jsonl").suffixes == (".jsonl",)
@@ -303,14 +303,14 @@ def test_bbh_malformed_example_names_file_and_index(tmp_path: Path, example: dic
 # load_docs
 
 
-def test_load_docs_concatenates_files_in_order(tmp_path: Path, sources: Registry[TaskSourceDef]) -> None:
+def test_load_docs_concatenates_files_in_order(tmp_path: Path, sources: Registry[DataFormatDef]) -> None:
     (tmp_path / "b.csv").write_text("q,a\nb1,0\n", encoding="utf-8")
     (tmp_path / "a.csv").write_text("q,a\na1,1\na2,0\n", encoding="utf-8")
     spec = load_spec(write_spec(tmp_path, files=["b.csv", "a.csv"], fmt="csv"))
     assert [d["q"] for d in load_docs(spec, sources)] == ["b1", "a1", "a2"]
 
 
-def test_load_docs_missing_file_is_a_spec_error(tmp_path: Path, sources: Registry[TaskSourceDef]) -> None:
+def test_load_docs_missing_file_is_a_spec_error(tmp_path: Path, sources: Registry[DataFormatDef]) -> None:
     spec = jsonl_spec(tmp_path, 10)
     (tmp_path / "rows.jsonl").unlink()
     with pytest.raises(SpecError) as info:
@@ -320,14 +320,14 @@ def test_load_docs_missing_file_is_a_spec_error(tmp_path: Path, sources: Registr
     assert str(tmp_path / "rows.jsonl") in message
 
 
-def test_load_docs_unknown_format(tmp_path: Path, sources: Registry[TaskSourceDef]) -> None:
+def test_load_docs_unknown_format(tmp_path: Path, sources: Registry[DataFormatDef]) -> None:
     (tmp_path / "rows.jsonl").write_text("{}\n", encoding="utf-8")
     spec = load_spec(write_spec(tmp_path, files=["rows.jsonl"], fmt="jsonlines"))
     with pytest.raises(SpecError, match=r"tiny\.yaml:11: tp\.data\.format: unknown task source 'jsonlines'"):
         load_docs(spec, sources)
 
 
-def test_load_docs_unknown_option_did_you_mean(tmp_path: Path, sources: Registry[TaskSourceDef]) -> None:
+def test_load_docs_unknown_option_did_you_mean(tmp_path: Path, sources: Registry[DataFormatDef]) -> None:
     (tmp_path / "rows.jsonl").write_text("{}\n", encoding="utf-8")
     spec = load_spec(write_spec(tmp_path, files=["rows.jsonl"], options="{encodng: utf-8}"))
     with pytest.raises(SpecError) as info:
@@ -338,7 +338,7 @@ def test_load_docs_unknown_option_did_you_mean(tmp_path: Path, sources: Registry
 
 
 def test_load_docs_malformed_row_keeps_file_and_line(
-    tmp_path: Path, sources: Registry[TaskSourceDef]
+    tmp_path: Path, sources: Registry[DataFormatDef]
 ) -> None:
     (tmp_path / "rows.jsonl").write_text('{"q": 1}\n{oops\n', encoding="utf-8")
     spec = load_spec(write_spec(tmp_path, files=["rows.jsonl"]))
@@ -350,7 +350,7 @@ def test_load_docs_malformed_row_keeps_file_and_line(
 # split_docs
 
 
-def test_splits_are_disjoint_and_sized(tmp_path: Path, sources: Registry[TaskSourceDef]) -> None:
+def test_splits_are_disjoint_and_sized(tmp_path: Path, sources: Registry[DataFormatDef]) -> None:
     spec = jsonl_spec(tmp_path, 20)
     docs = load_docs(spec, sources)
     splits = split_docs(spec, docs)
@@ -360,7 +360,7 @@ def test_splits_are_disjoint_and_sized(tmp_path: Path, sources: Registry[TaskSou
     assert len(set(ids)) == 10
 
 
-def test_splits_are_deterministic_by_seed(tmp_path: Path, sources: Registry[TaskSourceDef]) -> None:
+def test_splits_are_deterministic_by_seed(tmp_path: Path, sources: Registry[DataFormatDef]) -> None:
     spec = jsonl_spec(tmp_path, 50)
     docs = load_docs(spec, sources)
     assert split_docs(spec, docs) == split_docs(spec, list(docs))
@@ -370,7 +370,7 @@ def test_splits_are_deterministic_by_seed(tmp_path: Path, sources: Registry[Task
     assert split_docs(other, docs) != split_docs(spec, docs)
 
 
-def test_caps_give_prefixes(tmp_path: Path, sources: Registry[TaskSourceDef]) -> None:
+def test_caps_give_prefixes(tmp_path: Path, sources: Registry[DataFormatDef]) -> None:
     spec = jsonl_spec(tmp_path, 20)
     docs = load_docs(spec, sources)
     full = split_docs(spec, docs)
@@ -381,13 +381,13 @@ def test_caps_give_prefixes(tmp_path: Path, sources: Registry[TaskSourceDef]) ->
     assert split_docs(spec, docs, caps={"optimize": 99}) == full
 
 
-def test_caps_refuse_unknown_split(tmp_path: Path, sources: Registry[TaskSourceDef]) -> None:
+def test_caps_refuse_unknown_split(tmp_path: Path, sources: Registry[DataFormatDef]) -> None:
     spec = jsonl_spec(tmp_path, 20)
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         split_docs(spec, load_docs(spec, sources), caps={"dev": 1})
 
 
-def test_too_few_docs_names_field_and_counts(tmp_path: Path, sources: Registry[TaskSourceDef]) -> None:
+def test_too_few_docs_names_field_and_counts(tmp_path: Path, sources: Registry[DataFormatDef]) -> None:
     spec = jsonl_spec(tmp_path, 9)
     with pytest.raises(SpecError) as info:
         split_docs(spec, load_docs(spec, sources))

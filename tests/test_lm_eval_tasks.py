@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from tp_harness.entrypoints.cli import main
-from tp_harness.spec.schema import BUILTIN_SPEC_DIR, discover_specs, lm_eval_description, load_spec
+from tp_harness.spec.loader import BUILTIN_SPEC_DIR, discover_specs, load_spec
+from tp_harness.spec.schema import lm_eval_description
 
 NAMES = sorted(discover_specs([BUILTIN_SPEC_DIR]))
 LM_EVAL_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

@@ -160,7 +160,7 @@ def test_bad_option_value_is_a_usage_error(pytester):
 def test_repo_gates_every_shipped_spec_with_tp_limit_8():
     """The README's CI command on this repo: every shipped spec's gates are collected, run and summarized."""
     from tp_harness.runs.runner import spec_index
-    from tp_harness.spec.schema import load_spec
+    from tp_harness.spec.loader import load_spec
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("TP_HARNESS_PLUGINS", None)

@@ -11,10 +11,12 @@ import pytest
 from lm_eval.config.task import TaskConfig
 from lm_eval.utils import apply_template
 
-from tp_harness.data.formats import load_docs, split_docs, tp_register_data_formats
+from tp_harness.data.formats import tp_register_data_formats
+from tp_harness.data.splits import load_docs, split_docs
 from tp_harness.errors import SpecError
 from tp_harness.plugin.hookspecs import Registry, TaskSourceDef
-from tp_harness.spec.schema import BUILTIN_SPEC_DIR, LM_EVAL_LOADER, discover_specs, load_spec
+from tp_harness.spec.loader import BUILTIN_SPEC_DIR, discover_specs, load_spec
+from tp_harness.spec.schema import LM_EVAL_LOADER
 from tp_harness.spec.yaml_lines import FunctionRef
 
 SHIPPED = {

@@ -7,7 +7,7 @@ import pytest
 from tp_harness.entrypoints.cli import main
 from tp_harness.errors import UsageError
 from tp_harness.runs.runner import DEFAULT_SOURCES, DEFAULT_TARGETS
-from tp_harness.spec.schema import BUILTIN_SPEC_DIR, discover_specs, load_spec
+from tp_harness.spec.loader import BUILTIN_SPEC_DIR, discover_specs, load_spec
 from tp_harness.spec.studies import STUDIES, get_study, resolve_tasks
 
 

@@ -7,7 +7,8 @@ import random
 import jinja2
 import pytest
 
-from tp_harness.spec.schema import BUILTIN_SPEC_DIR, TEMPLATE_FIELDS, discover_specs, load_spec
+from tp_harness.spec.loader import BUILTIN_SPEC_DIR, discover_specs, load_spec
+from tp_harness.spec.schema import TEMPLATE_FIELDS
 from tp_harness.spec.templates import (
     SecurityError,
     TemplateProblem,

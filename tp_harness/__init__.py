@@ -38,7 +38,7 @@ __version__ = "0.1.0"
 #: name -> module of the names loaded on first use (PEP 562)
 _LAZY = {
     "evaluate": "api", "optimize": "api", "build_backend": "api", "RunResult": "api",
-    "load_spec": "spec.schema", "TaskSpec": "spec.schema",
+    "load_spec": "spec.loader", "TaskSpec": "spec.schema",
     "build_registries": "plugin.manager", "get_plugin_manager": "plugin.manager",
     "LMBackend": "backends.base",
     "LanguageModel": "protocols", "ScorerBackend": "protocols", "Optimizer": "protocols",
@@ -92,4 +92,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these load on first
     )
     from tp_harness.plugin.manager import build_registries, get_plugin_manager
     from tp_harness.protocols import LanguageModel, Optimizer, ScorerBackend
-    from tp_harness.spec.schema import TaskSpec, load_spec
+    from tp_harness.spec.loader import load_spec
+    from tp_harness.spec.schema import TaskSpec

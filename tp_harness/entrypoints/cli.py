@@ -507,7 +507,7 @@ def _cmd_tasks(args) -> int:
     from tabulate import tabulate
 
     from tp_harness.runs.runner import spec_index
-    from tp_harness.spec.schema import load_spec
+    from tp_harness.spec.loader import load_spec
 
     rows = []
     regs = _registries()

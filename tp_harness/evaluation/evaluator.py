@@ -100,7 +100,7 @@ def prepare_task(
     import datasets
     from lm_eval.api.task import ConfigurableTask
 
-    from tp_harness.data.formats import load_rows, split_indices
+    from tp_harness.data.splits import load_rows, split_indices
     from tp_harness.spec.doc_checks import check_docs, check_first_doc
     from tp_harness.spec.templates import install_lm_eval_sandbox
 
@@ -135,7 +135,7 @@ def prepare_task(
 
 def _check_sizes(spec: TaskSpec, num_docs: int) -> None:
     """:raises SpecError: the splits ask for more docs than the data holds (as :func:`tp_harness.data.formats.split_docs`)."""
-    from tp_harness.data.formats import split_docs
+    from tp_harness.data.splits import split_docs
 
     split_docs(spec, [{}] * num_docs)
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tp_harness.errors import SpecError
-from tp_harness.spec.schema import LM_EVAL_LOADER, load_spec
+from tp_harness.spec.loader import load_spec
+from tp_harness.spec.schema import LM_EVAL_LOADER
 
 if TYPE_CHECKING:
     import datasets
@@ -43,7 +44,7 @@ def load(*, config_source: str | None = None, **_metadata: Any) -> datasets.Data
     """
     import datasets
 
-    from tp_harness.data.formats import load_docs, split_docs
+    from tp_harness.data.splits import load_docs, split_docs
     from tp_harness.spec.templates import install_lm_eval_sandbox
 
     install_lm_eval_sandbox()  # lm-eval renders this task's templates after it loads the data

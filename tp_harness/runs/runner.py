@@ -42,7 +42,8 @@ from tp_harness.optimizer.budget import Budget, Projection, get_budget
 from tp_harness.optimizer.loop import Progress
 from tp_harness.optimizer.transfer import RunContext, RunOutcome, project_calls
 from tp_harness.plugin.hookspecs import Registries
-from tp_harness.spec.schema import BUILTIN_SPEC_DIR, TaskSpec, discover_specs, load_spec
+from tp_harness.spec.loader import BUILTIN_SPEC_DIR, discover_specs, load_spec
+from tp_harness.spec.schema import TaskSpec
 from tp_harness.store.journal import RunDir, make_run_id
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,11 @@
-"""Task specs: load, validate and view the YAML files that define tasks.
+"""Task specs: the schema (pydantic models) and the validated :class:`TaskSpec` with its lm-eval views.
 
 A spec is a strict superset of lm-eval's ``TaskConfig``: its top-level keys are lm-eval fields, kept
 unrenamed, plus one ``tp:`` block with what tp-harness adds (domain, role, meta-prompt description,
 original instruction, data files and splits, scoring modes, metric weights, gates, license). This
-module owns parsing and validation, with errors that name the file, line and dotted field, and the
-lm-eval config view per scoring mode. It reads no data rows (``tp_harness.data.formats`` does) and builds no
+module owns the schema and the lm-eval config view per scoring mode; :mod:`tp_harness.spec.loader` reads and
+validates files, :mod:`tp_harness.spec.validation_errors` turns pydantic's errors into ones that name the file, line
+and dotted field. It reads no data rows (``tp_harness.data.formats`` does) and builds no
 lm-eval task.
 """
 
@@ -15,9 +16,7 @@ import dataclasses
 import difflib
 import functools
 import math
-import re
-import typing
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +24,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -35,10 +33,9 @@ from tp_harness.constants import BUILTIN_METRICS, OUTPUT_TYPES, SPLITS
 from tp_harness.errors import SpecError
 from tp_harness.spec.gates import GateSyntaxError, parse_gate
 from tp_harness.spec.templates import TemplateProblem, check_template, escape_literal
-from tp_harness.spec.yaml_lines import line_for, parse_yaml
+from tp_harness.spec.yaml_lines import line_for
 
 __all__ = [
-    "BUILTIN_SPEC_DIR",
     "DEFAULT_METRIC_NAMES",
     "LM_EVAL_LOADER",
     "LM_EVAL_SPLITS",
@@ -51,26 +48,13 @@ __all__ = [
     "TaskSpec",
     "TpBlock",
     "UpstreamBlock",
-    "discover_specs",
     "lm_eval_field_names",
-    "load_spec",
 ]
 
 #: Metric names a spec may weight when no metric registry is passed in.
 DEFAULT_METRIC_NAMES: frozenset[str] = frozenset(BUILTIN_METRICS)
 
 
-def _builtin_spec_dir() -> Path:
-    """Where the shipped task specs are: ``tp_harness/task_specs`` inside an installed wheel (the build maps the
-    repository's top-level ``task_specs/`` there, see pyproject.toml), else ``task_specs/`` beside the package in
-    a checkout (an editable install)."""
-    package = Path(__file__).resolve().parents[1]  # tp_harness/ (this file is tp_harness/spec/schema.py)
-    installed = package / "task_specs"
-    return installed if installed.is_dir() else package.parent / "task_specs"
-
-
-#: The task specs shipped with tp-harness: package data of a wheel, or the checkout's ``task_specs/``.
-BUILTIN_SPEC_DIR: Path = _builtin_spec_dir()
 #: The scoring modes tp-harness evaluates (lm-eval ``output_type`` values).
 #: The ``custom_dataset`` that lets stock lm-eval read a spec's data (``tp_harness.lm_eval_dataset``).
 LM_EVAL_LOADER = "tp_harness.lm_eval_dataset.load"
@@ -523,265 +507,3 @@ class TaskSpec:
         if mode not in self.tp.modes:
             self.lm_eval_config(mode)  # raises the SpecError naming the modes offered
         return self.tp.modes[mode].answer_format  # type: ignore[index]
-
-
-# ----------------------------------------------------------------------------------------------
-# YAML with line numbers
-
-
-
-
-# ----------------------------------------------------------------------------------------------
-# Pydantic errors -> SpecError
-
-_EXPECTED = {
-    "string_type": "a string",
-    "int_type": "an integer",
-    "float_type": "a number",
-    "bool_type": "true or false",
-    "list_type": "a list",
-    "dict_type": "a mapping",
-    "model_type": "a mapping",
-    "model_attributes_type": "a mapping",
-    "string_too_short": "a non-empty string",
-    "int_parsing": "an integer",
-    "float_parsing": "a number",
-}
-_YAML_TYPE = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list", dict: "mapping"}
-
-
-def _got(value: Any) -> str:
-    if value is None:
-        return "null"
-    text = repr(value)
-    text = text if len(text) <= 60 else text[:57] + "..."
-    return f"{_YAML_TYPE.get(type(value), type(value).__name__)} {text}"
-
-
-def _clean_loc(data: Any, loc: Sequence[str | int], err_type: str) -> list[str | int]:
-    """Keep the loc parts that are real keys or indexes of ``data``; drop pydantic's union tags."""
-    out: list[str | int] = []
-    current = data
-    for i, part in enumerate(loc):
-        if part == "[key]":
-            continue
-        if isinstance(current, dict) and part in current:
-            current = current[part]
-        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
-            current = current[part]
-        elif i == len(loc) - 1 and err_type == "missing":
-            pass
-        else:
-            continue
-        out.append(part)
-    return out
-
-
-def _model_for(loc: Sequence[str | int]) -> type[BaseModel] | None:
-    """The pydantic model reached by following ``loc`` from the spec document, or None."""
-    node: Any = _SpecDocument
-    for part in loc:
-        if node is dict:  # tp.modes: dict[mode, ModeOverride]
-            node = ModeOverride
-            continue
-        if not (isinstance(node, type) and issubclass(node, BaseModel)) or not isinstance(part, str):
-            return None
-        info = node.model_fields.get(part)
-        if info is None:
-            return None
-        node = _submodel(info.annotation)
-    return node if isinstance(node, type) and issubclass(node, BaseModel) else None
-
-
-def _submodel(annotation: Any) -> Any:
-    """The model class inside ``annotation`` (``X | None``, ``dict[str, X]``), ``dict`` for mode maps."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) is dict and len(args) == 2 and args[1] is ModeOverride:
-        return dict
-    for arg in args:
-        found = _submodel(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _problem(err: Mapping[str, Any], loc: Sequence[str | int], same_loc: Sequence[Mapping[str, Any]]) -> str:
-    """Say what was expected for one pydantic error (types of a union merged), with a did-you-mean hint."""
-    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
-    if kind == "missing":
-        model = _model_for(loc[:-1])
-        info = model.model_fields.get(str(loc[-1])) if model is not None and loc else None
-        about = f": {info.description}" if info is not None and info.description else ""
-        return f"missing required field{about}"
-    if kind == "extra_forbidden":
-        model = _model_for(loc[:-1])
-        known = list(model.model_fields) if model is not None else []
-        return f"unknown key{_did_you_mean(str(loc[-1]), known)}; expected one of: {', '.join(known)}"
-    if kind == "literal_error":
-        options = re.findall(r"'([^']*)'", ctx.get("expected", ""))
-        hint = _did_you_mean(str(value), options) if isinstance(value, str) else ""
-        return f"expected {ctx.get('expected')}, got {_got(value)}{hint}"
-    if kind == "string_pattern_mismatch":
-        return f"expected a lower-case name without spaces (pattern {ctx.get('pattern')}), got {_got(value)}"
-    if kind == "too_short":
-        return f"expected at least {ctx.get('min_length')} item(s), got {_got(value)}"
-    if kind in ("greater_than_equal", "greater_than"):
-        op = ">=" if kind == "greater_than_equal" else ">"
-        return f"expected a number {op} {ctx.get('ge', ctx.get('gt'))}, got {_got(value)}"
-    if kind in _EXPECTED:
-        expected = []
-        for other in same_loc:
-            text = _EXPECTED.get(other["type"])
-            if text and text not in expected:
-                expected.append(text)
-        hint = " (YAML reads unquoted yes/no/on/off as booleans: quote it)" if isinstance(value, bool) else ""
-        return f"expected {' or '.join(expected)}, got {_got(value)}{hint}"
-    if kind == "value_error":
-        return str(ctx.get("error", err["msg"]))
-    return f"{err['msg']}, got {_got(value)}"
-
-
-def _to_spec_error(path: Path, data: Any, lines: Mapping[str, int], exc: ValidationError) -> SpecError:
-    """Turn the first pydantic error into a SpecError with line, dotted field and hint.
-
-    "First" is in file order, except that missing fields come after every other error.
-    """
-    located = []
-    for index, err in enumerate(exc.errors()):
-        loc = _clean_loc(data, err["loc"], err["type"])
-        error = (err.get("ctx") or {}).get("error")
-        if isinstance(error, _LocatedError):
-            loc = [*loc, *error.suffix]
-        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-        line = line_for(lines, field)
-        located.append((line if line is not None else 0, index, field, loc, err))
-    # file order, but a missing field last: it is often the echo of a misspelt key reported beside it
-    _line, _index, field, loc, err = min(
-        located, key=lambda item: (item[4]["type"] == "missing", item[0], item[1])
-    )
-    same = [e for (_l, _i, f, _loc, e) in located if f == field]
-    return SpecError(path, field or "(top level)", _problem(err, loc, same), line=_line or None)
-
-
-# ----------------------------------------------------------------------------------------------
-# Public entry points
-
-
-def _hoist_tp_block(
-    path: Path, data: dict[str, Any], lines: Mapping[str, int]
-) -> tuple[dict[str, Any], dict[str, int]]:
-    """Move a ``metadata.tp`` block to the top level, where the schema expects ``tp``.
-
-    A spec that stock lm-eval runs keeps its ``tp`` block under ``metadata`` (lm-eval's ``TaskConfig``
-    refuses unknown top-level keys, and hands ``metadata`` to ``custom_dataset``). Line numbers of
-    ``metadata.tp.*`` are also recorded as ``tp.*``, so errors and ``TaskSpec.line_of`` find them.
-    """
-    metadata = data.get("metadata")
-    if not (isinstance(metadata, dict) and "tp" in metadata):
-        return data, dict(lines)
-    if "tp" in data:
-        raise SpecError(
-            path,
-            "metadata.tp",
-            f"the tp block is given twice (also at the top level, line {lines.get('tp')}); keep one",
-            line=lines.get("metadata.tp"),
-        )
-    rest = {key: value for key, value in metadata.items() if key != "tp"}
-    hoisted = {key: value for key, value in data.items() if key != "metadata"}
-    if rest:
-        hoisted["metadata"] = rest
-    hoisted["tp"] = metadata["tp"]
-    moved = dict(lines)
-    for dotted, line in lines.items():
-        if dotted == "metadata.tp" or dotted.startswith(("metadata.tp.", "metadata.tp[")):
-            moved[dotted[len("metadata.") :]] = line
-    return hoisted, moved
-
-
-def load_spec(path: str | Path, *, metric_names: Collection[str] = DEFAULT_METRIC_NAMES,
-              allow_data_outside: bool = False) -> TaskSpec:
-    """Load and validate one task spec.
-
-    The ``tp`` block may sit at the top level or under ``metadata`` (``metadata: {tp: ...}``, the form
-    stock lm-eval also runs); errors name its fields ``tp.*`` either way. lm-eval-only keys such as
-    ``custom_dataset: !function ...`` or the split names pass through untouched.
-
-    :param path: the spec's YAML file.
-    :param metric_names: metric names ``tp.metric_weights`` may use (from the metric registry).
-    :param allow_data_outside: let ``tp.data.files`` name files outside the spec's directory (off: refused).
-    :return: the validated :class:`TaskSpec`.
-    :raises SpecError: the YAML is invalid, a field is missing, unknown or of the wrong type, a template is
-        refused by the sandbox, a data file does not exist, is outside the spec's directory or is listed
-        twice; the message names the file, the line, the dotted field and what was expected.
-    """
-    path = Path(path)
-    data, lines = parse_yaml(path)
-    if not isinstance(data, dict):
-        raise SpecError(
-            path,
-            "(top level)",
-            f"expected a mapping of lm-eval fields plus a tp: block, got {_got(data)}",
-            line=1,
-        )
-    data, lines = _hoist_tp_block(path, data, lines)
-    try:
-        doc = _SpecDocument.model_validate(data, context={"metric_names": frozenset(metric_names)})
-    except ValidationError as exc:
-        raise _to_spec_error(path, data, lines, exc) from None
-    lm_eval = {key: copy.deepcopy(value) for key, value in data.items() if key != "tp"}
-    lm_eval.setdefault("output_type", doc.output_type)
-    spec = TaskSpec(path=path, name=doc.task, lm_eval=lm_eval, tp=doc.tp, lines=dict(lines),
-                    allow_data_outside=allow_data_outside)
-    seen: dict[Path, int] = {}
-    for i in range(len(doc.tp.data.files)):
-        file = spec.data_file(i).resolve()
-        if file in seen:
-            field = f"tp.data.files[{i}]"
-            raise SpecError(path, field, f"the same file as tp.data.files[{seen[file]}] ({file.name}): its rows would "
-                                         "be read twice and land in several splits; list each file once",
-                            line=spec.line_of(field))
-        seen[file] = i
-    return spec
-
-
-_TASK_LINE = re.compile(r"""^task:[ \t]*(['"]?)([^'"#\s]+)\1[ \t]*(?:#.*)?$""", re.MULTILINE)
-
-
-def _task_name(path: Path) -> tuple[str, int | None]:
-    """Read a spec's ``task`` cheaply (one regex; full YAML only when the regex finds nothing)."""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    match = _TASK_LINE.search(text)
-    if match:
-        return match.group(2), text.count("\n", 0, match.start()) + 1
-    data, lines = parse_yaml(path)
-    if isinstance(data, dict) and isinstance(data.get("task"), str) and data["task"]:
-        return data["task"], lines.get("task")
-    raise SpecError(path, "task", "missing required field: the task name", line=1)
-
-
-def discover_specs(dirs: Sequence[Path]) -> dict[str, Path]:
-    """Find the task specs directly in each directory (``*.yaml``, ``*.yml``; ``data/`` is not searched).
-
-    :param dirs: spec directories, e.g. ``[BUILTIN_SPEC_DIR]``; an earlier one is searched first.
-    :return: ``{task name: spec path}``; specs are not validated (use :func:`load_spec`).
-    :raises SpecError: a directory does not exist, a spec has no ``task``, or two files define the
-        same task (names both files).
-    """
-    found: dict[str, Path] = {}
-    for directory in map(Path, dirs):
-        if not directory.is_dir():
-            raise SpecError(directory, "(directory)", "task spec directory not found")
-        files = sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
-        for file in files:
-            name, line = _task_name(file)
-            if name in found and found[name].resolve() != file.resolve():
-                raise SpecError(
-                    file,
-                    "task",
-                    f"task {name!r} is also defined in {found[name]}; rename one of them",
-                    line=line,
-                )
-            found.setdefault(name, file)
-    return found
