@@ -1,4 +1,4 @@
-"""Tests of the verbalized-answer parsers (tp_harness.evaluation.evaluator.parse_verbalized) and prompt_sha."""
+"""Tests of the verbalized-answer parsers (tp_harness.evaluation.parsers) and prompt_sha."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import re
 
 import pytest
 
-from tp_harness.evaluation.evaluator import ParsedAnswer, parse_verbalized, prompt_sha
+from tp_harness.evaluation.evaluator import prompt_sha
+from tp_harness.evaluation.parsers import ANSWER_PARSERS, ParsedAnswer, parse_verbalized
 from tp_harness.spec.schema import AnswerFormat
 
 LETTERS = ["A", "B", "C", "D"]
-LETTER = AnswerFormat(parser="letter_confidence", labels=LETTERS)
+LETTER = AnswerFormat(parser="letter_confidence", labels=LETTERS).parser
 SENTIMENT = ["positive", "negative", "neutral"]
-LABEL = AnswerFormat(parser="label_confidence", labels=SENTIMENT)
-NUMBER = AnswerFormat(parser="number_confidence")
+LABEL = AnswerFormat(parser="label_confidence", labels=SENTIMENT).parser
+NUMBER = AnswerFormat(parser="number_confidence").parser
 
 
 @pytest.mark.parametrize(
@@ -56,15 +57,14 @@ def test_label_confidence(response: str, expected: ParsedAnswer) -> None:
 
 
 def test_label_parser_returns_the_allowed_spelling() -> None:
-    parsed = parse_verbalized("Answer: yes\nConfidence: 90%", AnswerFormat(parser="label_confidence",
-                                                                           labels=["Yes", "No"]), ["Yes", "No"])
+    parsed = parse_verbalized("Answer: yes\nConfidence: 90%", "label_confidence", ["Yes", "No"])
     assert parsed == ParsedAnswer("Yes", 0.9, True)
 
 
 def test_label_parser_does_not_match_a_label_inside_a_longer_word() -> None:
     labels = ["yes", "no", "maybe"]
     parsed = parse_verbalized("Answer: Nothing can be concluded.\nConfidence: 50%",
-                              AnswerFormat(parser="label_confidence", labels=labels), labels)
+                              "label_confidence", labels)
     assert parsed == ParsedAnswer(None, 0.5, False)
 
 
@@ -92,3 +92,12 @@ def test_prompt_sha_is_16_hex_of_sha256_of_the_exact_text() -> None:
     assert prompt_sha(text) == sha
     assert prompt_sha(text + " ") != sha, "prompt_sha must hash the exact text, not a normalized one"
     assert prompt_sha("") == "e3b0c44298fc1c14"
+
+
+def test_every_parser_a_spec_may_name_is_in_the_table() -> None:
+    import typing
+
+    from tp_harness.constants import ANSWER_PARSER_NAMES
+
+    assert tuple(ANSWER_PARSERS) == ANSWER_PARSER_NAMES
+    assert typing.get_args(AnswerFormat.model_fields["parser"].annotation) == ANSWER_PARSER_NAMES

@@ -25,6 +25,9 @@ SPLITS: tuple[str, ...] = ("optimize", "validation", "test")
 OUTPUT_TYPES: tuple[str, ...] = ("multiple_choice", "generate_until")
 #: the run designs of the paper's ablation (section 4): both stages, stage 2 alone, stage 1 alone
 ABLATION_MODES: tuple[str, ...] = ("two_stage", "no_transfer", "source_only")
+#: the answer parsers of the verbalized protocol (``tp.modes.generate_until.answer_format.parser``), implemented in
+#: :mod:`tp_harness.evaluation.parsers`
+ANSWER_PARSER_NAMES: tuple[str, ...] = ("letter_confidence", "label_confidence", "number_confidence")
 #: the built-in metrics and whether higher is better (the registry's ``MetricDef.higher_is_better`` of each);
 #: ``acc_norm`` is reported beside ACC and has no composite weight
 BUILTIN_METRICS: Mapping[str, bool] = MappingProxyType({

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from tp_harness.backends.base import LMBackend
 from tp_harness.constants import SPLITS
 from tp_harness.errors import BackendError, SpecError
 from tp_harness.evaluation.metrics import DEFAULT_WEIGHTS, SampleRecord, compute_metrics
+from tp_harness.evaluation.parsers import ANSWER_PARSERS, ParsedAnswer, parse_verbalized  # noqa: F401
 from tp_harness.plugin.hookspecs import DataFormatDef, MetricDef, Registry
 from tp_harness.spec.schema import AnswerFormat, TaskSpec
 
@@ -342,65 +342,6 @@ def record_from_loglikelihoods(task: Any, doc: dict, *, doc_id: int, sha: str, l
 # ---------------------------------------------------------------------------------------------
 # verbalized answers (generate_until): parsers
 
-_CONF_RE = re.compile(r"confidence\s*[:=]\s*(\d+(?:\.\d+)?)\s*(%?)", re.IGNORECASE)
-_ANSWER_RE = re.compile(r"answer\s*[:=]\s*(.+)", re.IGNORECASE)
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedAnswer:
-    """What a parser read from a response: the answer (or None), the confidence in [0, 1] (or None),
-    and whether the response followed the required format (an allowed answer AND a confidence in 0-100)."""
-
-    answer: str | None
-    confidence: float | None
-    followed: bool
-
-
-def parse_verbalized(response: str, fmt: AnswerFormat, allowed: Sequence[str]) -> ParsedAnswer:
-    """Parse ``Answer: <x>`` and ``Confidence: <0-100>%`` from a scorer response.
-
-    Parsers (``tp.modes.generate_until.answer_format.parser``): ``letter_confidence`` (a letter among
-    ``allowed``), ``label_confidence`` (a label among ``allowed``, case-insensitive), ``number_confidence``
-    (a number, compared numerically as text). Confidence is read as a percentage (0-100) and returned
-    as a probability; outside 0-100 it counts as missing. The paper's verbalized protocol follows
-    Xiong et al., ICLR 2024.
-    """
-    answer: str | None = None
-    m = _ANSWER_RE.search(response)
-    if m:
-        raw = m.group(1).strip().splitlines()[0].strip()
-        if fmt.parser == "letter_confidence":
-            lm = re.match(r"^\(?([A-Za-z])\b\)?", raw)
-            if lm and lm.group(1).upper() in allowed:
-                answer = lm.group(1).upper()
-        elif fmt.parser == "label_confidence":
-            lowered = {a.lower(): a for a in allowed}
-            word = re.sub(r"[^\w\s-]", "", raw).strip().lower()
-            answer = lowered.get(word) or next(
-                (lowered[k] for k in sorted(lowered, key=len, reverse=True) if re.match(rf"{re.escape(k)}\b", word)),
-                None)
-        elif fmt.parser == "number_confidence":
-            nm = re.search(r"-?\d[\d,]*(?:\.\d+)?", raw)
-            if nm:
-                answer = _normalize_number(nm.group(0))
-    confidence: float | None = None
-    c = _CONF_RE.search(response)
-    if c:
-        value = float(c.group(1))
-        if 0.0 <= value <= 100.0:
-            confidence = value / 100.0
-    return ParsedAnswer(answer=answer, confidence=confidence, followed=answer is not None and confidence is not None)
-
-
-def _normalize_number(text: str) -> str:
-    text = text.replace(",", "")
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    return str(int(value)) if value.is_integer() else str(value)
-
-
 def _gen_record(prep: PreparedTask, doc: dict, doc_id: int, sha: str, response: str) -> SampleRecord:
     fmt = prep.answer_format
     if fmt is None:
@@ -410,23 +351,20 @@ def _gen_record(prep: PreparedTask, doc: dict, doc_id: int, sha: str, response: 
 
 def record_from_response(task: Any, fmt: AnswerFormat, doc: dict, *, doc_id: int, sha: str,
                          response: str) -> SampleRecord:
-    """The generate_until record of one doc: ``response`` parsed by ``fmt`` (:func:`parse_verbalized`) and
+    """The generate_until record of one doc: ``response`` parsed by ``fmt.parser`` (:mod:`tp_harness.evaluation.parsers`) and
     compared with the gold answer (``doc_to_target``; an index is mapped through ``fmt.labels``).
 
     :param task: the lm-eval ``ConfigurableTask`` whose ``doc_to_target`` / ``doc_to_choice`` read ``doc``.
     Also used by :mod:`tp_harness.lm_eval_bridge`, so stock lm-eval scores an exported task the same way.
     """
+    parser = ANSWER_PARSERS[fmt.parser]
     target = task.doc_to_target(doc)
     labels = list(fmt.labels or [])
-    if fmt.parser == "letter_confidence" and not labels:
+    if parser.letters_by_default and not labels:
         labels = [chr(ord("A") + i) for i in range(len(task.doc_to_choice(doc)))]
-    if isinstance(target, int) and labels:
-        gold = labels[target]
-    else:
-        gold = str(target).strip()
-    if fmt.parser == "number_confidence":
-        gold = _normalize_number(gold)
-    parsed = parse_verbalized(response, fmt, labels)
+    gold = labels[target] if isinstance(target, int) and labels else str(target).strip()
+    gold = parser.gold(gold)
+    parsed = parse_verbalized(response, fmt.parser, labels)
     return SampleRecord(doc_id=doc_id, prompt_sha=sha, response=response, parsed_answer=parsed.answer, gold=gold,
                         confidence=parsed.confidence, followed=parsed.followed,
                         correct=parsed.answer is not None and parsed.answer.lower() == gold.lower())

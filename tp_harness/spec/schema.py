@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from tp_harness.constants import BUILTIN_METRICS, OUTPUT_TYPES, SPLITS
+from tp_harness.constants import ANSWER_PARSER_NAMES, BUILTIN_METRICS, OUTPUT_TYPES, SPLITS
 from tp_harness.errors import SpecError
 from tp_harness.spec.gates import GateSyntaxError, parse_gate
 from tp_harness.spec.templates import TemplateProblem, check_template, escape_literal
@@ -115,7 +115,7 @@ class _Strict(BaseModel):
 class AnswerFormat(_Strict):
     """How a ``generate_until`` response is parsed into (answer, confidence)."""
 
-    parser: Literal["letter_confidence", "label_confidence", "number_confidence"] = Field(
+    parser: Literal[ANSWER_PARSER_NAMES] = Field(  # type: ignore[valid-type]
         description="the response parser: 'Answer: <letter|label|number>' plus 'Confidence: <0-100>%'"
     )
     labels: list[str] | None = Field(
