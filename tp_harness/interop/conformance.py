@@ -5,7 +5,7 @@ the installed lm-eval package and overrides only the dataset (the spec's split d
 Lines files: no hub), running it with stock ``lm_eval.simple_evaluate`` on a local checkpoint, and scoring
 the same docs with tp-harness (no instruction, the same rendering, the upstream format where the spec
 deviates on purpose). It writes only into the directory it is given and prints nothing. Used by
-``tests/test_conformance.py`` and ``benchmarks/conformance_table.py`` (docs/conformance.md).
+``tests/interop/test_conformance.py`` and ``benchmarks/conformance_table.py`` (docs/conformance.md).
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ class LicenseBlock(_Strict):
 class UpstreamBlock(_Strict):
     """``tp.upstream``: lm-eval's own task for the same dataset, which the spec's format follows.
 
-    The conformance test (tests/test_conformance.py) runs that task in stock lm-eval on the spec's test docs and
+    The conformance test (tests/interop/test_conformance.py) runs that task in stock lm-eval on the spec's test docs and
     checks that tp-harness measures the same ACC. ``fields`` lists where the spec deviates on purpose, with the
     upstream values: the test scores the spec with them put back, so it still compares like with like.
     """

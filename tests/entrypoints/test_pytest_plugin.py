@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CSQA = REPO / "task_specs" / "data" / "commonsenseqa" / "dev_rand_split.jsonl"
 
 TINY_SPEC = """\
@@ -201,7 +201,7 @@ def test_repo_command_collects_shipped_spec_gates_next_to_the_tests():
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     ids = proc.stdout.splitlines()
-    assert any(i.startswith("tests/test_gates.py::") for i in ids)
+    assert any(i.startswith("tests/spec/test_gates.py::") for i in ids)
     for name, path in spec_index().items():
         prefix = f"{path.relative_to(REPO).as_posix()}::{name}::"
         assert any(i.startswith(prefix) and i.endswith("[best]") for i in ids), name

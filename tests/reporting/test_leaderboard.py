@@ -33,7 +33,7 @@ from tp_harness.reporting.leaderboard import (
 from tp_harness.reporting.leaderboard_data import ablation_groups, evaluation_rows, overview_cells
 from tp_harness.store.stored_runs import load_results
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HIB = {"acc": True, "ifr": True, "ece": False, "auroc": True, "pr_p": True, "pr_n": True}
 
 

@@ -15,7 +15,7 @@ from tp_harness.errors import BackendError
 from tp_harness.evaluation.evaluator import prepare_task, render_context, uses_chat_template
 from tp_harness.runs.runner import evaluate_prompt, load_specs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INSTRUCTION = "Classify the sentiment of the financial news sentence as negative, neutral or positive."
 
 
@@ -24,13 +24,19 @@ def _prep(registries, task: str = "financial_phrasebank", *, mode: str | None = 
     return prepare_task(spec, data_formats=registries.data_formats, mode=mode, caps={"test": 2}, apply_chat_template=chat)
 
 
-def test_auto_is_off_for_multiple_choice_and_on_for_generate_until_with_a_chat_model(registries, embedded_backend):
-    assert not uses_chat_template(_prep(registries), embedded_backend)
-    assert uses_chat_template(_prep(registries, mode="generate_until"), embedded_backend)
-    assert uses_chat_template(_prep(registries, chat="on"), embedded_backend)
-    assert not uses_chat_template(_prep(registries, mode="generate_until", chat="off"), embedded_backend)
+def test_auto_is_off_for_multiple_choice_and_on_for_generate_until_with_a_chat_model(registries):
+    from types import SimpleNamespace
+
+    chat_model = SimpleNamespace(has_chat_template=True, name="a chat model")  # only the flag is read
+    assert not uses_chat_template(_prep(registries), chat_model)
+    assert uses_chat_template(_prep(registries, mode="generate_until"), chat_model)
+    assert uses_chat_template(_prep(registries, chat="on"), chat_model)
+    assert not uses_chat_template(_prep(registries, mode="generate_until", chat="off"), chat_model)
+    base_model = SimpleNamespace(has_chat_template=False, name="a base model")
+    assert not uses_chat_template(_prep(registries, mode="generate_until"), base_model)
 
 
+@pytest.mark.slow
 def test_off_puts_the_instruction_where_lm_evals_description_goes_and_on_in_the_system_message(
         registries, embedded_backend):
     off, on = _prep(registries, chat="off"), _prep(registries, chat="on")

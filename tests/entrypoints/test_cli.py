@@ -10,7 +10,7 @@ import pytest
 
 from tp_harness.entrypoints.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GOOD = (REPO / "task_specs" / "financial_phrasebank.yaml").read_text()
 DATA = str(REPO / "task_specs" / "data" / "financial_phrasebank" / "Sentences_AllAgree.txt")
 

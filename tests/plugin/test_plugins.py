@@ -30,7 +30,7 @@ from tp_harness.plugin.manager import (
     selected_plugins,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_PKG = REPO / "tests" / "plugins" / "tp_example_plugin"
 EXAMPLE_SPECS = REPO / "tests" / "plugins" / "example_task"
 EXAMPLE_ITEMS = {

@@ -52,6 +52,7 @@ def test_small_batches_give_the_same_values(embedded_backend, requests_and_refer
         assert a == pytest.approx(b, abs=1e-4) and ga == gb  # fp32 batch composition: ~1e-5
 
 
+@pytest.mark.slow
 def test_attached_to_the_embedded_model_and_keyed_in_its_identity(embedded_backend, monkeypatch):
     assert isinstance(embedded_backend.fast_loglikelihood, PrefixSharingScorer)
     assert embedded_backend.identity["loglikelihood_scorer"] == SCORER_ID
