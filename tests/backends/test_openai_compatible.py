@@ -99,7 +99,7 @@ def test_chat_mode_refuses_loglikelihood_requests_with_the_fix():
         backend.loglikelihood([object()])
     assert "multiple_choice (loglikelihood) scoring needs /completions with echoed log-probabilities" in str(err.value)
     assert "but chat=true" in str(err.value)
-    assert "score in generate_until mode (--scoring-mode generate_until)" in str(err.value)
+    assert "score in generate_until mode (--output-type generate_until)" in str(err.value)
     assert backend.loglikelihood([]) == []
 
 

@@ -386,3 +386,9 @@ def test_compute_metrics_rejects_metric_named_composite():
     defs = {"composite": MetricDef(compute=m.accuracy_from_records, display="C")}
     with pytest.raises(MetricInputError, match="may not be named 'composite'"):
         compute_metrics([rec(0, correct=True)], defs, weights={})
+
+
+def test_the_registry_and_the_constants_agree_on_every_builtin_metric(registries) -> None:
+    from tp_harness.constants import BUILTIN_METRICS
+
+    assert {e.name: e.item.higher_is_better for e in registries.metrics.entries() if e.builtin} == dict(BUILTIN_METRICS)

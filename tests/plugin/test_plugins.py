@@ -222,7 +222,7 @@ def test_trace_env_traces_the_cli_to_stderr(tmp_path) -> None:
     proc = _tp("plugins", env=_cli_env(TP_HARNESS_PLUGINS="", TP_HARNESS_TRACE_PLUGINS="1"), cwd=tmp_path,
                timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "INFO tp_harness.plugin.manager: trace:   tp_register_metrics [hook]" in proc.stderr
+    assert "tp-harness plugin trace:   tp_register_metrics [hook]" in proc.stderr  # to stderr, no logging level changed
     assert "adding as plugin 'tp_harness.reporting.report'" in proc.stderr
 
 

@@ -95,7 +95,7 @@ class LMBackend:
                 self.name,
                 "is a base model without a chat template: it scores multiple_choice (loglikelihood) tasks only "
                 "and cannot answer in generate_until mode",
-                "score in multiple_choice mode (drop --scoring-mode generate_until; pick tasks whose spec offers "
+                "score in multiple_choice mode (drop --output-type generate_until; pick tasks whose spec offers "
                 "multiple_choice), or use an instruct model such as embedded:smollm2-135m",
             )
 

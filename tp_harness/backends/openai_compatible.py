@@ -154,7 +154,7 @@ class OpenAICompatibleBackend(LMBackend):
                 NAME,
                 "multiple_choice (loglikelihood) scoring needs /completions with echoed log-probabilities and a local "
                 "tokenizer" + (", but chat=true" if self.is_chat else ", but no tokenizer= was given"),
-                "score in generate_until mode (--scoring-mode generate_until), or pass chat=false,tokenizer=/path/to/"
+                "score in generate_until mode (--output-type generate_until), or pass chat=false,tokenizer=/path/to/"
                 "tokenizer (many servers' echoed log-probabilities are unreliable)",
             )
         with _wire_errors(self.base_url):

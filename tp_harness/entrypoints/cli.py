@@ -22,6 +22,7 @@ from tp_harness.constants import (
     DEFAULT_REFERENCE_SHARE,
     DEFAULT_SOURCES,
     DEFAULT_TARGETS,
+    OUTPUT_TYPES,
     SPLITS,
     SWEEP_BUDGET,
 )
@@ -116,7 +117,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="do not read or write the response cache ($TP_CACHE_DIR/responses.sqlite)")
     p.add_argument("--specs", action="append", default=[], metavar="DIR",
                    help="extra directory of task spec YAML files (repeatable)")
-    p.add_argument("--scoring-mode", choices=["multiple_choice", "generate_until"], default=None,
+    p.add_argument("--output-type", "--scoring-mode", dest="scoring_mode", choices=list(OUTPUT_TYPES), default=None,
                    help="override each spec's default output_type")
     p.add_argument("--allow-data-outside-spec-dir", action="store_true",
                    help="let specs read data files outside their own directory (off: such a spec is refused; "
@@ -236,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "without a chat template)")
     sw.add_argument("--reference-model-args", default=None)
     sw.add_argument("--reference-share", type=_share, default=DEFAULT_REFERENCE_SHARE)
-    sw.add_argument("--scoring-mode", choices=["multiple_choice", "generate_until"], default=None)
+    sw.add_argument("--output-type", "--scoring-mode", dest="scoring_mode", choices=list(OUTPUT_TYPES), default=None,
+                    help="lm-eval output_type to score every task in (default: each spec's)")
     _add_chat_template_flag(sw)
     sw.add_argument("--specs", action="append", default=[], metavar="DIR")
     sw.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tp_harness.constants import BUILTIN_METRICS
 from tp_harness.errors import MetricInputError
 from tp_harness.plugin.hookspecs import MetricDef, Registry, hookimpl
 
@@ -376,7 +377,7 @@ def tp_register_metrics(registry: Registry[MetricDef]) -> None:
         MetricDef(
             compute=accuracy_from_records,
             display="ACC",
-            higher_is_better=True,
+            higher_is_better=BUILTIN_METRICS["acc"],
             description="fraction of samples answered correctly (an unparsed answer is wrong)",
         ),
     )
@@ -385,7 +386,7 @@ def tp_register_metrics(registry: Registry[MetricDef]) -> None:
         MetricDef(
             compute=acc_norm_from_records,
             display="ACC-norm",
-            higher_is_better=True,
+            higher_is_better=BUILTIN_METRICS["acc_norm"],
             output_types=frozenset({"multiple_choice"}),
             description="lm-eval's acc_norm: ACC with each choice's loglikelihood divided by its length in characters",
         ),
@@ -395,7 +396,7 @@ def tp_register_metrics(registry: Registry[MetricDef]) -> None:
         MetricDef(
             compute=ifr_from_records,
             display="IFR",
-            higher_is_better=True,
+            higher_is_better=BUILTIN_METRICS["ifr"],
             output_types=frozenset({"generate_until"}),
             description="fraction of responses in the task's required output format (n/a for multiple_choice)",
         ),
@@ -405,7 +406,7 @@ def tp_register_metrics(registry: Registry[MetricDef]) -> None:
         MetricDef(
             compute=ece_from_records,
             display="ECE",
-            higher_is_better=False,
+            higher_is_better=BUILTIN_METRICS["ece"],
             needs_confidence=True,
             description="expected calibration error over 10 equal-width, right-closed confidence bins",
         ),
@@ -415,7 +416,7 @@ def tp_register_metrics(registry: Registry[MetricDef]) -> None:
         MetricDef(
             compute=auroc_from_records,
             display="AUROC",
-            higher_is_better=True,
+            higher_is_better=BUILTIN_METRICS["auroc"],
             needs_confidence=True,
             description="area under ROC of confidence separating correct from incorrect answers",
         ),
@@ -425,7 +426,7 @@ def tp_register_metrics(registry: Registry[MetricDef]) -> None:
         MetricDef(
             compute=pr_p_from_records,
             display="PR-P",
-            higher_is_better=True,
+            higher_is_better=BUILTIN_METRICS["pr_p"],
             needs_confidence=True,
             description="average precision with correct answers as positives, score = confidence",
         ),
@@ -435,7 +436,7 @@ def tp_register_metrics(registry: Registry[MetricDef]) -> None:
         MetricDef(
             compute=pr_n_from_records,
             display="PR-N",
-            higher_is_better=True,
+            higher_is_better=BUILTIN_METRICS["pr_n"],
             needs_confidence=True,
             description="average precision with incorrect answers as positives, score = 1 - confidence",
         ),

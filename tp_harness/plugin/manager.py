@@ -11,7 +11,8 @@ There is no module-global manager: callers build one and pass the registries dow
 Environment:
 - ``TP_HARNESS_PLUGINS`` unset: every ``tp_harness`` entry point loads. Set to ``name,...``: only those,
   each an entry-point name or an importable module name. Set to ``""``: none (exactly the built-ins).
-- ``TP_HARNESS_TRACE_PLUGINS=1``: trace every hook call to the ``tp_harness.plugin.manager`` logger (INFO).
+- ``TP_HARNESS_TRACE_PLUGINS=1``: trace every hook call to the ``tp_harness.plugin.manager`` logger (INFO) when it is
+  enabled, else to stderr; the process's logging levels are left alone.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import importlib
 import importlib.metadata as md
 import logging
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -211,10 +213,11 @@ def _enable_tracing(pm: pluggy.PluginManager) -> None:
     """Send pluggy's hook-call trace (``pm.trace``) to the ``tp_harness.plugin.manager`` logger at INFO level."""
 
     def write(message: str) -> None:
-        log.info("trace: %s", message.rstrip("\n"))
+        if log.isEnabledFor(logging.INFO):
+            log.info("trace: %s", message.rstrip("\n"))
+        else:  # asked for explicitly: shown without -v, and without changing the process's logging levels
+            sys.stderr.write(f"tp-harness plugin trace: {message.rstrip(chr(10))}\n")
 
-    if log.getEffectiveLevel() > logging.INFO:
-        log.setLevel(logging.INFO)  # asked for explicitly: show it without -v
     pm.trace.root.setwriter(write)
     pm.enable_tracing()
 

@@ -257,7 +257,7 @@ def _check_scoring_modes(scorer: LMBackend, tasks: Sequence[PreparedTask]) -> No
             scorer.name,
             f"is a base model without a chat template: it scores multiple_choice (loglikelihood) tasks only, "
             f"but {', '.join(verbal)} would be scored in generate_until mode",
-            "drop --scoring-mode generate_until (or pick tasks whose spec offers multiple_choice), or use an "
+            "drop --output-type generate_until (or pick tasks whose spec offers multiple_choice), or use an "
             "instruct model such as embedded:smollm2-135m",
         )
 
