@@ -18,6 +18,7 @@ from tp_harness.constants import (
     DEFAULT_BUDGET,
     DEFAULT_MODEL,
     DEFAULT_REFERENCE_SHARE,
+    DEFAULT_SELECTION_ALPHA,
     DEFAULT_SOURCES,
     DEFAULT_TARGETS,
     OUTPUT_TYPES,
@@ -185,6 +186,7 @@ def optimize(
     seed: int = 0,
     optimizer: str = "transfer",
     optimizer_options: Mapping[str, str] | None = None,
+    selection_alpha: float | None = DEFAULT_SELECTION_ALPHA,
     output_type: OutputType | None = None,
     apply_chat_template: ChatTemplate | None = None,
     dtype: DType = "float32",
@@ -213,6 +215,10 @@ def optimize(
     :param budget: ``smoke``, ``sweep``, ``light`` (default), ``medium`` or ``heavy``: steps x candidates and split sizes.
     :param seed: seeds the splits' order, the proposers and sampling; the same seed gives the same run.
     :param optimizer: a registered optimizer; :param optimizer_options: options it reads (``ctx.optimizer_options``).
+    :param selection_alpha: the guarded final choice: the optimized prompt replaces the original only when the
+        one-sided ``1 - selection_alpha`` paired-bootstrap lower bound of its validation-composite gain is above 0
+        (in (0, 0.5)); None: the validation argmax ships, as in the paper. ``RunResult.results["tp"]["selection"]``
+        records the decision per target.
     :param output_type: score every task in this lm-eval ``output_type``; None: each spec's.
     :param apply_chat_template: ``auto``, ``on`` or ``off`` (see :func:`evaluate`).
     :param results_dir: where ``runs/<run_id>/`` and ``LEADERBOARD.md`` are written.
@@ -235,6 +241,8 @@ def optimize(
                              else f"{name}: every task name must be a str, got {list(value)!r}")
     if isinstance(reference_share, bool) or not 0.0 <= float(reference_share) <= 1.0:
         raise UsageError(f"reference_share={reference_share!r}: pass a number in [0, 1]")
+    if selection_alpha is not None and (isinstance(selection_alpha, bool) or not 0.0 < float(selection_alpha) < 0.5):
+        raise UsageError(f"selection_alpha={selection_alpha!r}: pass a number in (0, 0.5), or None for no guard")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise UsageError(f"seed={seed!r}: pass an int")
     settings = OptimizeSettings(
@@ -246,6 +254,7 @@ def optimize(
         batch_size=_batch_size(batch_size), run_id=run_id, reference_share=float(reference_share), cache=cache,
         allow_data_outside_spec_dir=allow_data_outside_spec_dir, leaderboard=leaderboard,
         apply_chat_template=apply_chat_template, optimizer_options=dict(optimizer_options or {}),
+        selection_alpha=None if selection_alpha is None else float(selection_alpha),
     )
     run, results = run_optimize(settings, _registries(registries), progress=progress)
     return RunResult(run_dir=run.path, results=results)

@@ -19,6 +19,8 @@ DEFAULT_BUDGET = "light"
 SWEEP_BUDGET = "smoke"
 #: share of each step's candidates written by the reference LLM (the rest: the evolutionary proposer)
 DEFAULT_REFERENCE_SHARE = 0.5
+#: the guarded final choice: the one-sided level of the paired-bootstrap lower bound a new prompt must clear
+DEFAULT_SELECTION_ALPHA = 0.05
 #: the seeded splits of every task, in order: optimize (search), validation (final choice), test (report)
 SPLITS: tuple[str, ...] = ("optimize", "validation", "test")
 #: lm-eval's ``output_type`` values a spec can score in (``loglikelihood`` over choices, or generation)

@@ -33,8 +33,10 @@ def _task(name: str = "toy") -> SimpleNamespace:
     return SimpleNamespace(name=name, mode="multiple_choice", splits=splits, task=task)
 
 
-def _ctx(budget: Budget, mode: str = "no_transfer", reference_share: float = 1.0) -> SimpleNamespace:
+def _ctx(budget: Budget, mode: str = "no_transfer", reference_share: float = 1.0,
+         selection_alpha: float | None = None) -> SimpleNamespace:
     return SimpleNamespace(budget=budget, reference_share=reference_share, mode=mode, sources=[],
+                           selection_alpha=selection_alpha,
                            targets=[_task()])
 
 
@@ -77,6 +79,8 @@ def test_projection_counts_racing_like_the_loop_does():
     assert projection.scorer_requests == asked + 20 + 32 == 200
     assert projection.candidates == 1 + 3 * 4 + 2 + 2
     assert projection.reference_samples == 3 * 4
+    # the guarded final choice scores the original and the choice on validation once more: 2 x 5 x 2
+    assert project_calls(_ctx(RACING, selection_alpha=0.05)).scorer_requests == 200 + 20
 
 
 def test_projection_without_racing_scores_every_candidate_on_the_full_split():
@@ -109,8 +113,9 @@ def test_real_run_makes_the_projected_scorer_calls(tmp_path, monkeypatch, regist
     on_disk = json.loads((run.path / "results.json").read_text())["tp"]["calls"]
     assert on_disk == calls
     projected = calls["projected_scorer_requests"]
-    # FPB: 3 label words per doc; 36 + 2 x (4 x 9 + 36) + 36 (step 2's extra promotion) + 2 x 18 + 2 x 18
-    assert projected == 288
+    # FPB: 3 label words per doc; 36 + 2 x (4 x 9 + 36) + 36 (step 2's extra promotion) + 2 x 18 + 2 x 18,
+    # + 2 x 18 for the guarded final choice (the original and the choice on validation)
+    assert projected == 324
     assert abs(calls["scorer_requests"] - projected) <= 0.1 * projected, calls
     assert 0 <= calls["scorer_computed"] <= calls["scorer_requests"]
     rows = run.journal()

@@ -108,6 +108,15 @@ def test_results_json_has_lm_eval_schema_and_three_test_evaluations(smoke_run):
     best = json.loads((run / "best_prompts.json").read_text())
     assert best["target"]["financial_phrasebank"]["prompt"] == evals["best_target"]["prompt"]
     assert 1 <= len(best["source"]) <= 2
+    # the guarded final choice (issue 18): decided on validation with a paired-bootstrap bound, recorded either way
+    guard = results["tp"]["selection"]["financial_phrasebank"]
+    assert guard["alpha"] == 0.05 and guard["n"] > 0 and guard["reason"]
+    assert guard["kept_original"] == (evals["best_target"]["prompt"] == evals["original"]["prompt"])
+    if guard["candidate"] != evals["original"]["prompt"]:
+        assert guard["lower_bound"] is not None and (guard["lower_bound"] > 0) == (not guard["kept_original"])
+    assert best["target"]["financial_phrasebank"]["kept_original"] == guard["kept_original"]
+    report = (run / "report.md").read_text()
+    assert "## Final choice" in report and ("original kept" in report) == guard["kept_original"]
 
 
 def test_exported_best_task_runs_in_stock_lm_eval_and_matches_acc(smoke_run, tmp_path):

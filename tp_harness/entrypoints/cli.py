@@ -20,6 +20,7 @@ from tp_harness.constants import (
     DEFAULT_BUDGET,
     DEFAULT_MODEL,
     DEFAULT_REFERENCE_SHARE,
+    DEFAULT_SELECTION_ALPHA,
     DEFAULT_SOURCES,
     DEFAULT_TARGETS,
     OUTPUT_TYPES,
@@ -90,6 +91,17 @@ def _batch_size(text: str) -> str:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1 or auto, got {value}")
     return str(value)
+
+
+def _alpha(text: str) -> float:
+    """``--selection-alpha``: a number in (0, 0.5)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 0.5), got {text!r}") from None
+    if not 0.0 < value < 0.5:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 0.5), e.g. 0.05, got {text}")
+    return value
 
 
 def _share(text: str) -> float:
@@ -192,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--no-transfer", action="store_true", help="ablation: stage 2 alone from the original prompt")
     mode.add_argument("--source-only", action="store_true", help="ablation: stage 1 alone; its best prompt as is")
     o.add_argument("--optimizer", default="transfer", help="registered optimizer (default transfer)")
+    guard = o.add_mutually_exclusive_group()
+    guard.add_argument("--selection-alpha", type=_alpha, default=DEFAULT_SELECTION_ALPHA, metavar="A",
+                       help="the guarded final choice: the optimized prompt replaces the original only when the one-sided "
+                            "(1-A) paired-bootstrap lower bound of its validation-composite gain is above 0 "
+                            f"(default {DEFAULT_SELECTION_ALPHA})")
+    guard.add_argument("--no-selection-guard", dest="selection_alpha", action="store_const", const=None,
+                       help="ship the validation argmax even when it is within noise of the original (the paper's rule)")
     o.add_argument("--optimizer-option", dest="optimizer_options", action="append", default=[], metavar="KEY=VALUE",
                    help="an option for the optimizer (repeatable; a plugin optimizer reads ctx.optimizer_options)")
     o.add_argument("--reference-share", type=_share, default=DEFAULT_REFERENCE_SHARE,
@@ -348,6 +367,7 @@ def _cmd_optimize(args) -> int:
         reference_share=args.reference_share, allow_data_outside_spec_dir=args.allow_data_outside_spec_dir,
         apply_chat_template=args.apply_chat_template,
         optimizer_options=parse_model_args(",".join(args.optimizer_options), flag="--optimizer-option"),
+        selection_alpha=args.selection_alpha,
     )
 
     def show_projection(projection, ctx) -> None:

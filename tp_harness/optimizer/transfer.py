@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from tp_harness.backends.base import LMBackend
-from tp_harness.constants import DEFAULT_REFERENCE_SHARE
+from tp_harness.constants import DEFAULT_REFERENCE_SHARE, DEFAULT_SELECTION_ALPHA
 from tp_harness.evaluation.evaluator import (
     EvalJob,
     Evaluation,
@@ -74,6 +74,8 @@ class RunContext:
     :ivar progress: ``progress(label, total) -> Progress`` makes one progress bar per stage, or None.
     :ivar reference_share: share of each step's candidates written by the reference LLM, in [0, 1].
     :ivar optimizer_options: ``--optimizer-option KEY=VALUE`` pairs, for the optimizer to read.
+    :ivar selection_alpha: the final prompt replaces the original only when the paired-bootstrap ``1 - alpha`` lower
+        bound of its validation-composite gain is above 0 (:func:`guard_selection`); None: no guard.
     """
 
     registries: Registries
@@ -88,6 +90,8 @@ class RunContext:
     progress: Callable[[str, int], Progress] | None = None
     reference_share: float = DEFAULT_REFERENCE_SHARE
     optimizer_options: Mapping[str, str] = field(default_factory=dict)
+    #: the guarded final choice (:func:`guard_selection`): the one-sided level of the paired-bootstrap bound; None: off
+    selection_alpha: float | None = DEFAULT_SELECTION_ALPHA
 
 
 @dataclass
@@ -97,6 +101,28 @@ class TargetOutcome:
     task: str
     prompts: dict[str, str] = field(default_factory=dict)
     evaluations: dict[str, Evaluation] = field(default_factory=dict)
+    #: the guarded final choice (:class:`SelectionGuard` as a dict), when the run guarded it
+    selection: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class SelectionGuard:
+    """The guarded final choice on one target (arXiv 2502.14211 picks the validation argmax; this adds the guard).
+
+    :ivar candidate: the optimizer's choice (the validation argmax of its finalists).
+    :ivar kept_original: True when the candidate did not beat the original beyond noise: the original ships.
+    :ivar difference: validation composite, candidate minus original (same docs), or None when undefined.
+    :ivar lower_bound: the one-sided ``1 - alpha`` paired-bootstrap lower bound of that difference, or None.
+    :ivar alpha: the bound's level; :ivar n: validation docs; :ivar reason: one line for reports.
+    """
+
+    candidate: str
+    kept_original: bool
+    difference: float | None
+    lower_bound: float | None
+    alpha: float
+    n: int
+    reason: str
 
 
 @dataclass
@@ -140,6 +166,8 @@ def project_calls(ctx: RunContext) -> Projection:
             stage([t], 1 + (b.k_source if ctx.mode == "two_stage" else 0))
             cands += b.finalists
             requests += b.finalists * count_scorer_requests(t, "validation")
+        if ctx.selection_alpha is not None:  # the guard scores the original and the choice on validation
+            requests += 2 * count_scorer_requests(t, "validation")
         finals = 3 if ctx.mode == "two_stage" else 2
         cands += finals
         requests += finals * count_scorer_requests(t, "test")
@@ -364,8 +392,64 @@ def run_transfer(ctx: RunContext) -> RunOutcome:
             seeds = top_sources if ctx.mode == "two_stage" else []
             history = run_target_stage(ctx, target, seeds)
             prompts["best_target"] = select_on_validation(ctx, target, history).text
-        outcomes.append(final_evaluations(ctx, target, prompts))
+        final_kind = "best_target" if "best_target" in prompts else "best_source"
+        guard = None
+        if ctx.selection_alpha is not None and final_kind in prompts:
+            guard = guard_selection(ctx, target, prompts[final_kind])
+            if guard.kept_original:
+                prompts[final_kind] = prompts["original"]
+        outcome = final_evaluations(ctx, target, prompts)
+        outcome.selection = asdict(guard) if guard is not None else None
+        outcomes.append(outcome)
     return RunOutcome(source_prompts=top_sources, targets=outcomes)
+
+
+def guard_selection(ctx: RunContext, target: PreparedTask, candidate: str) -> SelectionGuard:
+    """Keep the original instruction unless ``candidate`` beats it on the validation split beyond noise.
+
+    Both are scored on the target's validation docs (one backend call; the response cache answers what the
+    selection step scored already); the paired bootstrap (:func:`tp_harness.evaluation.bootstrap.paired_delta_interval`,
+    1,000 resamples of the docs, seeded by the run's seed) gives the one-sided ``1 - alpha`` lower bound of the
+    composite difference, candidate minus original. The candidate wins only when that bound is above 0. A journal
+    row (stage ``guard``) records the decision.
+
+    :return: the :class:`SelectionGuard`; ``kept_original`` also when the bound is undefined (e.g. a composite
+        over a plugin metric the bootstrap cannot resample), with the reason.
+    """
+    from tp_harness.evaluation.bootstrap import HIGHER_IS_BETTER, SampleArrays, paired_delta_interval
+
+    alpha = float(ctx.selection_alpha if ctx.selection_alpha is not None else DEFAULT_SELECTION_ALPHA)
+    original = target.spec.tp.instruction
+    before, after = evaluate_jobs(ctx.scorer, [EvalJob(target, "validation", original),
+                                               EvalJob(target, "validation", candidate)],
+                                  metrics=ctx.registries.metrics)
+    diff = (None if before.composite is None or after.composite is None
+            else float(after.composite) - float(before.composite))
+    bound = None
+    if candidate == original:
+        reason = "the optimizer's choice is the original instruction"
+    elif set(target.weights) - set(HIGHER_IS_BETTER):
+        reason = f"no bootstrap bound for composite weights over {sorted(set(target.weights) - set(HIGHER_IS_BETTER))}"
+    else:
+        interval = paired_delta_interval(
+            SampleArrays.from_records([asdict(r) for r in before.records]),
+            SampleArrays.from_records([asdict(r) for r in after.records]),
+            weights=target.weights, seed=[ctx.seed, 2502_14211], level=1.0 - 2.0 * alpha)
+        bound = interval[0] if interval is not None else None
+        if bound is None:
+            reason = "the composite difference is undefined on every resample"
+        elif bound > 0:
+            reason = f"validation composite {diff:+.3f}, {1 - alpha:.0%} lower bound {bound:+.3f} > 0: replaced"
+        else:
+            reason = (f"validation composite {diff:+.3f}, {1 - alpha:.0%} lower bound {bound:+.3f} <= 0: "
+                      "not distinguishable from the original, original kept")
+    kept = candidate == original or bound is None or bound <= 0
+    guard = SelectionGuard(candidate=candidate, kept_original=kept, difference=diff, lower_bound=bound, alpha=alpha,
+                           n=before.n, reason=reason)
+    ctx.run.append({"stage": "guard", "step": 0, "task": target.name, "split": "validation", "proposer": "guard",
+                    "prompt": candidate, "prompt_sha": prompt_sha(candidate), "metrics": after.metrics,
+                    "selection": asdict(guard), **_cost([before, after])})
+    return guard
 
 
 def _distinct_top(history: Sequence[ScoredPrompt], k: int) -> list[ScoredPrompt]:

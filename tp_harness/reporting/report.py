@@ -116,6 +116,27 @@ def _best_prompt_lines(best: Any, run: StoredRun) -> list[str]:
     return lines
 
 
+def _selection_lines(run: StoredRun) -> list[str]:
+    """The guarded final choice per target (``tp.selection``): replaced or original kept, with the bound."""
+    selection = run.tp.get("selection")
+    if not isinstance(selection, dict) or not selection:
+        return ["## Final choice", "", "Not guarded: the validation argmax ships (the paper's rule; a run made "
+                "before the guard, or with `--no-selection-guard`).", ""]
+    rows = []
+    for task, g in sorted(selection.items()):
+        if not isinstance(g, dict):
+            continue
+        verdict = "**original kept**" if g.get("kept_original") else "replaced by the optimized prompt"
+        rows.append([task, verdict, _fmt(g.get("difference")), _fmt(g.get("lower_bound")),
+                     f"{1 - float(g.get('alpha') or 0.05):.0%}", g.get("n", ""), _cell(str(g.get("reason", "")))])
+
+    return ["## Final choice", "",
+            "The optimized prompt replaces the original only when the one-sided paired-bootstrap lower bound of its "
+            "validation-composite gain is above 0 (`--selection-alpha`).", "",
+            tabulate(rows, headers=["task", "final prompt", "validation gain", "lower bound", "level", "n", "why"],
+                     tablefmt="github"), ""]
+
+
 def _run_header(run: StoredRun, config: dict[str, Any]) -> list[str]:
     def pick(key: str) -> Any:
         value = config.get(key, run.tp.get(key))
@@ -230,6 +251,7 @@ def write_run_report(run_dir: Path, *, draw_plots: bool = True) -> list[Path]:
         "",
         *(task_tables(evaluation_rows([run]), "###") or ["No test-split evaluations.", ""]),
     ]
+    lines += _selection_lines(run)
     lines += _best_prompt_lines(best, run)
 
     lines += ["## Optimization trajectory", ""]

@@ -25,6 +25,7 @@ from tp_harness.constants import (
     ABLATION_MODES,
     DEFAULT_BUDGET,
     DEFAULT_REFERENCE_SHARE,
+    DEFAULT_SELECTION_ALPHA,
     DEFAULT_SOURCES,
     DEFAULT_TARGETS,
 )
@@ -78,6 +79,9 @@ class OptimizeSettings:
     apply_chat_template: str | None = None  # auto | on | off; None: each spec's tp.apply_chat_template
     #: ``--optimizer-option KEY=VALUE`` pairs for the optimizer (``ctx.optimizer_options``)
     optimizer_options: dict[str, str] = field(default_factory=dict)
+    #: the guarded final choice: a new prompt ships only when the paired-bootstrap ``1 - alpha`` lower bound of its
+    #: validation-composite gain over the original is above 0; None: the validation argmax ships (the paper's rule)
+    selection_alpha: float | None = DEFAULT_SELECTION_ALPHA
 
 
 def spec_index(spec_dirs: Sequence[str | Path] = ()) -> dict[str, Path]:
@@ -409,7 +413,7 @@ def _prepare(settings: OptimizeSettings, registries: Registries, *, run: RunDir 
     ctx = RunContext(registries=registries, scorer=scorer, reference=reference, sources=sources, targets=targets,
                      budget=budget, seed=settings.seed, mode=mode, run=run, progress=progress,
                      reference_share=settings.reference_share,
-                     optimizer_options=dict(settings.optimizer_options))
+                     optimizer_options=dict(settings.optimizer_options), selection_alpha=settings.selection_alpha)
     return ctx, project_calls(ctx)
 
 
@@ -434,7 +438,8 @@ def finish_run(ctx: RunContext, outcome: RunOutcome, *, results_root: Path,
         "target": {
             t.task: {"prompt": t.prompts.get("best_target") or t.prompts.get("best_source"),
                      "prompt_sha": (t.evaluations.get("best_target") or t.evaluations.get("best_source")).prompt_sha,
-                     "validation_composite": _validation_composite(run, t.task, t.prompts.get("best_target"))}
+                     "validation_composite": _validation_composite(run, t.task, t.prompts.get("best_target")),
+                     "kept_original": bool(t.selection and t.selection["kept_original"])}
             for t in outcome.targets
         },
     })
@@ -455,6 +460,7 @@ def finish_run(ctx: RunContext, outcome: RunOutcome, *, results_root: Path,
         "evaluations": evaluations, "trajectory": _trajectory(run.journal()),
         "scorer_checkpoint": config.get("scorer_checkpoint"),
         "calls": calls or {},
+        "selection": {t.task: t.selection for t in outcome.targets if t.selection is not None},
     }
     hib = {e.name: e.item.higher_is_better for e in ctx.registries.metrics.entries()}
     results = lm_eval_results(evaluations=evaluations, model=config["model"], model_args=config["model_args"], tp=tp,

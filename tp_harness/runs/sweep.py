@@ -36,7 +36,8 @@ EXPECTED_KINDS = {
 }
 #: settings that must match between a sweep and a run directory it reuses
 MATCHED_SETTINGS = ("model", "model_args", "targets", "mode", "budget", "seed", "sources", "scoring_mode",
-                    "reference_model", "reference_model_args", "reference_share", "optimizer", "apply_chat_template")
+                    "reference_model", "reference_model_args", "reference_share", "optimizer", "apply_chat_template",
+                    "selection_alpha")
 
 
 def _sweep_run_defaults() -> OptimizeSettings:
@@ -160,6 +161,8 @@ def _check_same_settings(run_dir: Path, planned: OptimizeSettings) -> None:
     saved: dict[str, Any] = dict(RunDir.open(run_dir).config().get("settings") or {})
     if saved and "apply_chat_template" not in saved:  # made before the switch: the chat template on every prompt
         saved["apply_chat_template"] = "on"
+    if saved and "selection_alpha" not in saved:  # made before the guarded final choice: the validation argmax shipped
+        saved["selection_alpha"] = None
     wanted = vars(planned)
     diff = [k for k in MATCHED_SETTINGS if k in saved and saved[k] != wanted[k]
             and not (k == "sources" and planned.mode == "no_transfer")]
