@@ -69,3 +69,12 @@ def test_the_original_itself_is_kept_without_a_bound(target, registries):
     ctx, _ = _ctx(target, registries)
     guard = guard_selection(ctx, target, target.spec.tp.instruction)
     assert guard.kept_original and guard.lower_bound is None and guard.difference == 0.0
+
+
+def test_too_few_validation_docs_keep_the_original_without_a_bound(registries):
+    (spec,) = load_specs(["financial_phrasebank"], [], registries)
+    small = prepare_task(spec, data_formats=registries.data_formats, caps={"validation": 6})
+    ctx, _ = _ctx(small, registries)
+    guard = guard_selection(ctx, small, "GOOD: classify the sentiment.")
+    assert guard.kept_original and guard.lower_bound is None and guard.difference > 0 and guard.n == 6
+    assert "too few for a trustworthy bound" in guard.reason

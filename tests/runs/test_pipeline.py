@@ -112,8 +112,10 @@ def test_results_json_has_lm_eval_schema_and_three_test_evaluations(smoke_run):
     guard = results["tp"]["selection"]["financial_phrasebank"]
     assert guard["alpha"] == 0.05 and guard["n"] > 0 and guard["reason"]
     assert guard["kept_original"] == (evals["best_target"]["prompt"] == evals["original"]["prompt"])
-    if guard["candidate"] != evals["original"]["prompt"]:
+    if guard["candidate"] != evals["original"]["prompt"] and guard["n"] >= 20:
         assert guard["lower_bound"] is not None and (guard["lower_bound"] > 0) == (not guard["kept_original"])
+    elif guard["n"] < 20:  # smoke validates on a few docs: no bound is trusted, the original ships
+        assert guard["lower_bound"] is None and guard["kept_original"]
     assert best["target"]["financial_phrasebank"]["kept_original"] == guard["kept_original"]
     report = (run / "report.md").read_text()
     assert "## Final choice" in report and ("original kept" in report) == guard["kept_original"]

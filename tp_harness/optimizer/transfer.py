@@ -37,6 +37,8 @@ from tp_harness.plugin.hookspecs import OptimizerDef, Registries, Registry, hook
 log = logging.getLogger(__name__)
 
 PROMPT_KINDS = ("original", "best_source", "best_target")
+#: the guarded final choice computes a bound only from this many validation docs on (fewer: the original is kept)
+MIN_GUARD_DOCS = 20
 
 
 class RunStore(Protocol):
@@ -413,6 +415,9 @@ def guard_selection(ctx: RunContext, target: PreparedTask, candidate: str) -> Se
     composite difference, candidate minus original. The candidate wins only when that bound is above 0. A journal
     row (stage ``guard``) records the decision.
 
+    With fewer than :data:`MIN_GUARD_DOCS` validation docs no bound is computed and the original is kept: a
+    percentile bootstrap over a handful of docs under-covers (the ``smoke`` and ``sweep`` budgets validate on 6).
+
     :return: the :class:`SelectionGuard`; ``kept_original`` also when the bound is undefined (e.g. a composite
         over a plugin metric the bootstrap cannot resample), with the reason.
     """
@@ -428,6 +433,10 @@ def guard_selection(ctx: RunContext, target: PreparedTask, candidate: str) -> Se
     bound = None
     if candidate == original:
         reason = "the optimizer's choice is the original instruction"
+    elif before.n < MIN_GUARD_DOCS:
+        reason = (f"only {before.n} validation docs (fewer than {MIN_GUARD_DOCS}): too few for a trustworthy bound, "
+                  f"original kept (validation composite {diff:+.3f}); use a budget with a larger validation split"
+                  if diff is not None else f"only {before.n} validation docs: original kept")
     elif set(target.weights) - set(HIGHER_IS_BETTER):
         reason = f"no bootstrap bound for composite weights over {sorted(set(target.weights) - set(HIGHER_IS_BETTER))}"
     else:
