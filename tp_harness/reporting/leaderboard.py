@@ -132,14 +132,17 @@ def _overview_lines(rows: Sequence[Row], figure: str | None) -> list[str]:
             before, after = pair
             mode = "" if after.run.mode == "two_stage" else f" ({after.run.mode})"
             n = f", n={after.n}" if after.n is not None else ""
+            guard = (after.run.tp.get("selection") or {}).get(task) or {}
+            kept = ", original kept" if guard.get("kept_original") else ""
             line.append(f"{fmt_value(before.composite)} → {fmt_value(after.composite)} "
-                        f"({_delta_text(before, after)}){n}{mode}")
+                        f"({_delta_text(before, after)}){n}{mode}{kept}")
         body.append(line)
     lines = ["## Overview", "",
              "Composite on the test split: original instruction → optimized prompt (difference), n test "
              "samples. Each cell is the two-stage run with the most test samples (then the newest); a `*` marks a "
-             "difference whose paired 95% bootstrap CI excludes 0. Other runs and ablations are in the tables "
-             "below.", "",
+             "difference whose paired 95% bootstrap CI excludes 0; \"original kept\": the guarded final choice found no "
+             "prompt that beat the original on validation beyond noise (or too few validation docs to tell), so the "
+             "original ships. Other runs and ablations are in the tables below.", "",
              tabulate(body, headers=["model", *tasks], tablefmt="github", disable_numparse=True), ""]
     if figure:
         lines += [f"![Composite, original vs optimized prompt, per model and dataset]({figure})", ""]
