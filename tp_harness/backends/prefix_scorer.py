@@ -49,6 +49,9 @@ class PrefixSharingScorer:
         # to lm-eval, which scores them unpacked.
         window = getattr(getattr(self.model, "config", None), "sliding_window", None)
         self.max_packed = min(self.max_length, int(window)) if window else self.max_length
+        #: work done so far: forward passes, tokens pushed through the decoder (``padded``: rows x longest row,
+        #: what the hardware computed; ``tokens``: without the padding), requests sent on to lm-eval
+        self.stats = {"forward_passes": 0, "tokens": 0, "padded": 0, "lm_eval_requests": 0}
 
     @classmethod
     def supports(cls, lm: Any) -> bool:
@@ -83,6 +86,7 @@ class PrefixSharingScorer:
             for index, value in self._score_batch(batch):
                 out[index] = value
         if fallback:
+            self.stats["lm_eval_requests"] += len(fallback)
             results = self.lm.loglikelihood([requests[i] for i in fallback], disable_tqdm=True)
             for i, value in zip(fallback, results):
                 out[i] = (float(value[0]), bool(value[1]))
@@ -127,6 +131,9 @@ class PrefixSharingScorer:
                 targets.append((r, index, predictors, cont))
             rows.append((ids, pos, len(ctx), spans))
         length = max(len(ids) for ids, _, _, _ in rows)
+        self.stats["forward_passes"] += 1
+        self.stats["tokens"] += sum(len(ids) for ids, _, _, _ in rows)
+        self.stats["padded"] += len(rows) * length
         input_ids = torch.zeros((len(rows), length), dtype=torch.long)
         position_ids = torch.zeros((len(rows), length), dtype=torch.long)
         allowed = torch.zeros((len(rows), length, length), dtype=torch.bool)
