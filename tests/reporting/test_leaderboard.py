@@ -265,3 +265,33 @@ def test_committed_leaderboard_has_two_models_three_datasets_both_ablations_and_
     for link in links:
         assert not link.startswith(("/", "http")), link
         assert (COMMITTED / link).is_file(), f"LEADERBOARD.md links {link}, which does not exist"
+
+
+def test_across_seeds_aggregates_mean_per_seed_and_a_two_level_interval(tmp_path: Path) -> None:
+    """Issue 18 item 3: runs of one (model, dataset, mode, budget) over seeds become one row."""
+    from tp_harness.reporting.leaderboard_data import seed_summaries
+
+    root = tmp_path / "results"
+    finals = {0: 0.6, 1: 0.55, 2: 0.7}
+    for seed, acc in finals.items():
+        _write_run(root, f"m1-fpb-two-s{seed}", model="m1", mode="two_stage", task="fpb", seed=seed,
+                   kinds={"original": 0.3, "best_target": acc})
+    _write_run(root, "m1-fpb-none-s0", model="m1", mode="no_transfer", task="fpb", kinds={"original": 0.3,
+                                                                                           "best_target": 0.4})
+    runs, _ = load_results(root)
+    rows = evaluation_rows(runs)
+    summaries = seed_summaries(rows)
+    assert list(summaries) == [("m1", "fpb", "two_stage", "smoke")]  # one seed of no_transfer: no row
+    s = summaries[("m1", "fpb", "two_stage", "smoke")]
+    assert s.seeds == ("0", "1", "2") and s.n == 40 and s.kept == ()
+    by_seed = {r.run.seed: r.composite for r in rows if r.kind == "best_target" and r.run.mode == "two_stage"}
+    original = next(r.composite for r in rows if r.kind == "original")
+    assert s.per_seed == {str(k): pytest.approx(v - original) for k, v in by_seed.items()}
+    assert s.mean == pytest.approx(sum(s.per_seed.values()) / 3)
+    lo, hi = s.ci
+    assert lo < s.mean < hi and lo > 0  # every seed gains a lot: the interval excludes 0
+    md = build_leaderboard(runs, rows=rows)
+    section = md.split("## Across seeds")[1].split("## Runs")[0]
+    line = next(x for x in section.splitlines() if x.startswith("| m1"))
+    assert "s0 +" in line and "s1 +" in line and "s2 +" in line and f"{s.mean:+.3f}*" in line
+

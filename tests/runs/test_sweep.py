@@ -123,3 +123,14 @@ def test_a_run_made_before_the_rendering_switch_is_not_reused_under_the_new_defa
     on = SweepSettings(models=["m"], targets=["fpb"], modes=["no_transfer"],
                        run=OptimizeSettings(budget="smoke", apply_chat_template="on"))
     _check_same_settings(run, run_settings(on, item))  # the old rendering, asked for: reused
+
+
+def test_sweep_plans_one_run_per_seed(tmp_path: Path) -> None:
+    from tp_harness.runs.sweep import run_settings
+
+    settings = SweepSettings(models=["m"], targets=["fpb"], modes=["two_stage", "no_transfer"], seeds=[0, 2],
+                             run=OptimizeSettings(budget="smoke"))
+    plan = plan_sweep(settings)
+    assert [(i.mode, i.seed) for i in plan] == [("two_stage", 0), ("two_stage", 2), ("no_transfer", 0),
+                                                ("no_transfer", 2)]
+    assert plan[1].run_id.endswith("-smoke-s2") and run_settings(settings, plan[1]).seed == 2

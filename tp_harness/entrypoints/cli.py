@@ -93,6 +93,17 @@ def _batch_size(text: str) -> str:
     return str(value)
 
 
+def _seed_list(text: str) -> list[int]:
+    """``--seeds``: comma-separated non-negative integers."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 0,1,2, got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, e.g. 0,1,2, got {text!r}")
+    return seeds
+
+
 def _alpha(text: str) -> float:
     """``--selection-alpha``: a number in (0, 0.5)."""
     try:
@@ -249,7 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="two_stage (the paper's setup), no_transfer, source_only; comma-separated (default two_stage)")
     sw.add_argument("--budget", default=SWEEP_BUDGET, choices=list(BUDGETS),
                     help="search size of every run (default smoke)")
-    sw.add_argument("--seed", type=int, default=0)
+    seeds = sw.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, default=0, help="the seed of every run (default 0)")
+    seeds.add_argument("--seeds", type=_seed_list, default=None, metavar="S,S,...",
+                       help="one run per seed of every (model, target, mode), e.g. 0,1,2; the leaderboard aggregates "
+                            "them (mean, an interval over seeds and docs, each seed's difference)")
     sw.add_argument("--results-dir", default="results", help="where runs/ and LEADERBOARD.md live (default results)")
     sw.add_argument("--reference-model", default=None,
                     help="reference LLM of every run (default: the scorer; embedded:smollm2-135m for a scorer "
@@ -449,7 +464,8 @@ def _cmd_sweep(args) -> int:
     from tp_harness.runs.sweep import SweepSettings, plan_sweep, run_sweep
 
     _resolve_tasks(args)
-    settings = SweepSettings(models=args.models, targets=args.targets, modes=args.modes, run=OptimizeSettings(
+    settings = SweepSettings(models=args.models, targets=args.targets, modes=args.modes, seeds=args.seeds,
+                             run=OptimizeSettings(
         sources=args.sources, budget=args.budget, seed=args.seed, results_dir=str(args.results_dir),
         model_args=args.model_args, reference_model=args.reference_model,
         reference_model_args=args.reference_model_args, reference_share=args.reference_share,
@@ -459,8 +475,10 @@ def _cmd_sweep(args) -> int:
     plan = plan_sweep(settings)
     if args.executor == "ray":
         return _sweep_on_ray(settings, args, len(plan))
+    seeds_text = f"seeds {','.join(map(str, args.seeds))}" if args.seeds else f"seed {args.seed}"
     print(f"sweep: {len(plan)} runs ({len(args.models)} models x {len(args.targets)} targets x "
-          f"{len(args.modes)} modes), budget {args.budget}, seed {args.seed}, results in {args.results_dir}",
+          f"{len(args.modes)} modes{f' x {len(args.seeds)} seeds' if args.seeds else ''}), budget {args.budget}, "
+          f"{seeds_text}, results in {args.results_dir}",
           file=sys.stderr)
     outer = tqdm(total=len(plan), desc="sweep", unit="run", dynamic_ncols=True, file=sys.stderr, position=0)
 

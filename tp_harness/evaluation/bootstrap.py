@@ -12,6 +12,7 @@ Introduction to the Bootstrap", percentile interval.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -188,6 +189,35 @@ def bootstrap_intervals(
     return {k: percentile_interval(v, level=level) for k, v in values.items()}
 
 
+def paired_delta_samples(
+    before: SampleArrays,
+    after: SampleArrays,
+    *,
+    weights: Mapping[str, float],
+    seed: int | Sequence[int],
+    metric: str = "composite",
+    num_resamples: int = NUM_RESAMPLES,
+) -> np.ndarray | None:
+    """The bootstrap distribution of ``metric(after) - metric(before)`` over the same docs: ``num_resamples``
+    values (NaN where undefined), both evaluations resampled with the same doc multiplicities.
+
+    :return: the array, or None when the two do not hold the same doc ids (in any order).
+    """
+    if before.n == 0 or sorted(map(str, before.doc_ids)) != sorted(map(str, after.doc_ids)):
+        return None
+    position = {str(d): i for i, d in enumerate(after.doc_ids)}
+    if len(position) != after.n:
+        return None
+    order = np.asarray([position[str(d)] for d in before.doc_ids])
+    counts = resample_counts(before.n, num_resamples=num_resamples, rng=np.random.default_rng(seed))
+    deltas = []
+    for arrays, c in ((before, counts), (after, counts[:, np.argsort(order)])):
+        values = weighted_metrics(arrays, c)
+        values["composite"] = weighted_composite(values, weights)
+        deltas.append(values[metric])
+    return deltas[1] - deltas[0]
+
+
 def paired_delta_interval(
     before: SampleArrays,
     after: SampleArrays,
@@ -205,16 +235,36 @@ def paired_delta_interval(
     :return: ``(low, high)``, or None when the two do not hold the same doc ids (in any order), or the
         difference is undefined on every resample.
     """
-    if before.n == 0 or sorted(map(str, before.doc_ids)) != sorted(map(str, after.doc_ids)):
+    deltas = paired_delta_samples(before, after, weights=weights, seed=seed, metric=metric,
+                                  num_resamples=num_resamples)
+    return None if deltas is None else percentile_interval(deltas, level=level)
+
+
+def seeds_and_docs_interval(
+    per_seed: Sequence[np.ndarray],
+    *,
+    seed: int | Sequence[int],
+    level: float = LEVEL,
+) -> tuple[float, float] | None:
+    """Two-level (hierarchical) bootstrap interval of the mean paired difference over seeds.
+
+    Each resample draws as many seeds as there are, with replacement, and for each drawn seed one of its own
+    doc-level bootstrap differences (:func:`paired_delta_samples`, same resample index across seeds is not
+    required); the mean over the drawn seeds is one value of the distribution. So the interval reflects both
+    the spread between seeds (different searches) and the sampling of test docs within each.
+    Source: the two-stage bootstrap for clustered data (Davison & Hinkley, 1997, section 3.8).
+
+    :param per_seed: one bootstrap distribution (length B, NaN where undefined) per seed.
+    :return: ``(low, high)``, or None with no seed or no defined value.
+    """
+    if not per_seed:
         return None
-    position = {str(d): i for i, d in enumerate(after.doc_ids)}
-    if len(position) != after.n:
-        return None
-    order = np.asarray([position[str(d)] for d in before.doc_ids])
-    counts = resample_counts(before.n, num_resamples=num_resamples, rng=np.random.default_rng(seed))
-    deltas = []
-    for arrays, c in ((before, counts), (after, counts[:, np.argsort(order)])):
-        values = weighted_metrics(arrays, c)
-        values["composite"] = weighted_composite(values, weights)
-        deltas.append(values[metric])
-    return percentile_interval(deltas[1] - deltas[0], level=level)
+    rng = np.random.default_rng(seed)
+    stacked = np.vstack([np.asarray(d, dtype=np.float64) for d in per_seed])  # seeds x B
+    k, b = stacked.shape
+    chosen = rng.integers(0, k, size=(b, k))          # which seeds each resample draws
+    column = rng.integers(0, b, size=(b, k))          # which doc-level resample of that seed
+    with warnings.catch_warnings():  # a resample where every drawn value is undefined is NaN, and dropped
+        warnings.simplefilter("ignore", RuntimeWarning)
+        values = np.nanmean(stacked[chosen, column], axis=1)
+    return percentile_interval(values, level=level)

@@ -31,6 +31,7 @@ from tp_harness.reporting.leaderboard_data import (
     evaluation_rows,
     optimized_row,
     overview_cells,
+    seed_summaries,
 )
 from tp_harness.reporting.plots import plot_ablation, plot_overview
 from tp_harness.store.stored_runs import StoredRun, fmt_value, is_number, load_results, md_cell
@@ -149,6 +150,29 @@ def _overview_lines(rows: Sequence[Row], figure: str | None) -> list[str]:
     return lines
 
 
+def _seed_lines(rows: Sequence[Row]) -> list[str]:
+    summaries = seed_summaries(rows)
+    if not summaries:
+        return []
+    body = []
+    for (model, task, mode, budget), s in summaries.items():
+        ci = "n/a" if s.ci is None else f"[{s.ci[0]:+.3f}, {s.ci[1]:+.3f}]"
+        star = "*" if s.ci is not None and (s.ci[0] > 0 or s.ci[1] < 0) else ""
+        per_seed = ", ".join(f"s{k} {'n/a' if v is None else f'{v:+.3f}'}" for k, v in s.per_seed.items())
+        body.append([md_cell(model), md_cell(task), md_cell(mode), md_cell(budget), str(len(s.seeds)),
+                     "n/a" if s.n is None else str(s.n), fmt_value(s.original), fmt_value(s.final),
+                     "n/a" if s.mean is None else f"{s.mean:+.3f}{star}", ci, per_seed,
+                     ", ".join(f"s{k}" for k in s.kept) or "-"])
+    headers = ["model", "dataset", "mode", "budget", "seeds", "n", "original (mean)", "final (mean)",
+               "mean difference", "95% CI (seeds and docs)", "per seed", "original kept"]
+    return ["## Across seeds", "",
+            "Every (model, dataset, mode, budget) run with two or more seeds: the mean test composite of the original "
+            "instruction and of the final prompt, the mean paired difference with a 95% interval from a two-level "
+            "bootstrap (seeds drawn with replacement, then each seed's test docs), so it reflects the spread between "
+            "searches as well as the sampling of docs (`*`: it excludes 0), and the difference of each seed.", "",
+            tabulate(body, headers=headers, tablefmt="github", disable_numparse=True), ""]
+
+
 def _ablation_lines(rows: Sequence[Row], figure: str | None) -> list[str]:
     groups = ablation_groups(rows)
     if not groups:
@@ -227,7 +251,7 @@ def build_leaderboard(
         datasets); one ``## <task>`` table per dataset (columns model, run, mode, prompt, ACC, IFR,
         ECE, AUROC, PR-P, PR-N, composite, ACC 95% CI, composite 95% CI, n; rows sorted by model, run
         id and prompt kind original < best source < best target); "Ablation" when a model/dataset has
-        two or more modes; "Runs" with links; "Skipped". Deterministic: same inputs, same bytes.
+        two or more modes; "Across seeds" when a (model, dataset, mode, budget) has two or more seeds; "Runs" with links; "Skipped". Deterministic: same inputs, same bytes.
     """
     rows = evaluation_rows(runs) if rows is None else rows
     figures = figures or {}
@@ -236,6 +260,7 @@ def build_leaderboard(
         lines += _overview_lines(rows, figures.get("overview"))
         lines += task_tables(rows, "##")
         lines += _ablation_lines(rows, figures.get("ablation"))
+        lines += _seed_lines(rows)
     else:
         lines += ["No test-split evaluations found.", ""]
     lines += _runs_lines(runs, link_base)

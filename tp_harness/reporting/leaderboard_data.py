@@ -21,6 +21,8 @@ from tp_harness.evaluation.bootstrap import (
     SampleArrays,
     bootstrap_intervals,
     paired_delta_interval,
+    paired_delta_samples,
+    seeds_and_docs_interval,
     weighted_composite,
     weighted_metrics,
 )
@@ -190,3 +192,68 @@ def delta_is_significant(before: Row, after: Row) -> bool:
     ci = paired_delta_interval(before.samples, after.samples, weights=DEFAULT_WEIGHTS,
                                seed=_seed(after.run.model, after.task, before.prompt_sha, after.prompt_sha))
     return ci is not None and (ci[0] > 0 or ci[1] < 0)
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    """One (model, dataset, mode, budget) over its seeds: the final prompt against the original, per seed and pooled.
+
+    :ivar seeds: the seeds, ascending. :ivar n: test docs per seed (the smallest).
+    :ivar original, final: mean test composite of the original instruction and of the final prompt over the seeds.
+    :ivar per_seed: ``{seed: final - original}`` (test composite, the same docs).
+    :ivar mean: the mean of ``per_seed``; :ivar ci: its 95% interval over seeds and docs (two-level bootstrap), or
+        None when the samples cannot be paired.
+    :ivar kept: seeds whose run kept the original (the guarded final choice).
+    """
+
+    seeds: tuple[str, ...]
+    n: int | None
+    original: float | None
+    final: float | None
+    per_seed: dict[str, float | None]
+    mean: float | None
+    ci: tuple[float, float] | None
+    kept: tuple[str, ...]
+
+
+def seed_summaries(rows: Sequence[Row]) -> dict[tuple[str, str, str, str], SeedSummary]:
+    """``{(model, task, mode, budget): SeedSummary}`` for every group run with two or more seeds.
+
+    When one seed has several runs, the last by run id is used.
+    """
+    groups: dict[tuple[str, str, str, str], dict[str, list[Row]]] = {}
+    for (_, task), group in sorted(_group(rows).items()):
+        run = group[0].run
+        if any(r.kind == "original" for r in group) and optimized_row(group) is not None:
+            groups.setdefault((run.model, task, run.mode, run.budget), {})[str(run.seed)] = group
+    out = {}
+    for key, by_seed in sorted(groups.items()):
+        if len(by_seed) < 2:
+            continue
+        seeds = tuple(sorted(by_seed, key=lambda s: (len(s), s)))
+        pairs = {s: (next(r for r in by_seed[s] if r.kind == "original"), optimized_row(by_seed[s])) for s in seeds}
+        per_seed = {s: (None if b.composite is None or a.composite is None else b.composite - a.composite)
+                    for s, (a, b) in pairs.items()}
+        dists = []
+        for s, (a, b) in pairs.items():
+            d = None
+            if a.samples is not None and b.samples is not None and a.composite_ci and b.composite_ci:
+                d = paired_delta_samples(a.samples, b.samples, weights=DEFAULT_WEIGHTS,
+                                         seed=_seed(b.run.model, b.task, a.prompt_sha, b.prompt_sha, s))
+            if d is None:
+                dists = []
+                break
+            dists.append(d)
+        values = [v for v in per_seed.values() if v is not None]
+        originals = [a.composite for a, _ in pairs.values() if a.composite is not None]
+        finals = [b.composite for _, b in pairs.values() if b.composite is not None]
+        ns = [a.n for a, _ in pairs.values() if a.n is not None]
+        kept = tuple(s for s, (_, b) in pairs.items()
+                     if ((b.run.tp.get("selection") or {}).get(b.task) or {}).get("kept_original"))
+        out[key] = SeedSummary(
+            seeds=seeds, n=min(ns) if ns else None,
+            original=sum(originals) / len(originals) if originals else None,
+            final=sum(finals) / len(finals) if finals else None, per_seed=per_seed,
+            mean=sum(values) / len(values) if values else None,
+            ci=seeds_and_docs_interval(dists, seed=_seed(*key)) if dists else None, kept=kept)
+    return out

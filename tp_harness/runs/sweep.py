@@ -59,6 +59,8 @@ class SweepSettings:
     targets: list[str]
     modes: list[str] = field(default_factory=lambda: ["two_stage"])
     run: OptimizeSettings = field(default_factory=_sweep_run_defaults)
+    #: the seeds axis (``--seeds 0,1,2``): one run per seed of every cell; None: ``run.seed`` alone
+    seeds: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class SweepItem:
     target: str
     mode: str
     run_id: str
+    seed: int = 0
 
 
 @dataclass
@@ -100,22 +103,25 @@ def sweep_run_id(model: str, target: str, mode: str, *, budget: str, seed: int) 
 
 
 def plan_sweep(settings: SweepSettings) -> list[SweepItem]:
-    """The runs of a sweep, ordered by model, then target, then mode (as given).
+    """The runs of a sweep, ordered by model, then target, then mode, then seed (as given).
 
     :raises UsageError: no model or target, an unknown mode, or a duplicate in a list.
     """
+    seeds = list(settings.seeds) if settings.seeds is not None else [settings.run.seed]
     if not settings.models or not settings.targets or not settings.modes:
         raise UsageError("a sweep needs at least one model (--models), target (--targets) and mode (--modes)")
+    if not seeds:
+        raise UsageError("--seeds needs at least one seed, e.g. --seeds 0,1,2")
     for name, values in (("--models", settings.models), ("--targets", settings.targets),
-                         ("--modes", settings.modes)):
+                         ("--modes", settings.modes), ("--seeds", seeds)):
         if len(set(values)) != len(values):
-            raise UsageError(f"{name} lists a value twice: {','.join(values)}")
+            raise UsageError(f"{name} lists a value twice: {','.join(map(str, values))}")
     unknown = [m for m in settings.modes if m not in ABLATION_MODES]
     if unknown:
         raise UsageError(f"--modes: {', '.join(unknown)} is not a mode; use one of {', '.join(ABLATION_MODES)}")
-    return [SweepItem(model, target, mode, sweep_run_id(model, target, mode, budget=settings.run.budget,
-                                                          seed=settings.run.seed))
-            for model in settings.models for target in settings.targets for mode in settings.modes]
+    return [SweepItem(model, target, mode, sweep_run_id(model, target, mode, budget=settings.run.budget, seed=seed),
+                      seed=seed)
+            for model in settings.models for target in settings.targets for mode in settings.modes for seed in seeds]
 
 
 def run_settings(settings: SweepSettings, item: SweepItem) -> OptimizeSettings:
@@ -123,7 +129,7 @@ def run_settings(settings: SweepSettings, item: SweepItem) -> OptimizeSettings:
     import dataclasses
 
     return dataclasses.replace(
-        settings.run, model=item.model, targets=[item.target], mode=item.mode, run_id=item.run_id,
+        settings.run, model=item.model, targets=[item.target], mode=item.mode, run_id=item.run_id, seed=item.seed,
         sources=list(settings.run.sources), spec_dirs=list(settings.run.spec_dirs),
         leaderboard=False,  # built once, at the end of the sweep
     )
