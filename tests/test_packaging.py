@@ -128,7 +128,7 @@ def test_a_wheel_install_works_outside_the_repository(wheel, tmp_path):
         return subprocess.run([str(python), *args], cwd=work, env=env, capture_output=True, text=True,
                               timeout=timeout)
 
-    where = run("-c", "import tp_harness, tp_harness.spec.schema as s; print(tp_harness.__file__); print(s.BUILTIN_SPEC_DIR)")
+    where = run("-c", "import tp_harness, tp_harness.spec.loader as s; print(tp_harness.__file__); print(s.BUILTIN_SPEC_DIR)")
     assert where.returncode == 0, where.stderr[-3000:]
     module, spec_dir = where.stdout.split()
     assert Path(module).is_relative_to(env_dir) and Path(spec_dir).is_relative_to(env_dir), where.stdout

@@ -187,6 +187,7 @@ def optimize(
     optimizer: str = "transfer",
     optimizer_options: Mapping[str, str] | None = None,
     selection_alpha: float | None = DEFAULT_SELECTION_ALPHA,
+    equal_budget: bool = False,
     output_type: OutputType | None = None,
     apply_chat_template: ChatTemplate | None = None,
     dtype: DType = "float32",
@@ -219,6 +220,8 @@ def optimize(
         one-sided ``1 - selection_alpha`` paired-bootstrap lower bound of its validation-composite gain is above 0
         (in (0, 0.5)); None: the validation argmax ships, as in the paper. ``RunResult.results["tp"]["selection"]``
         records the decision per target.
+    :param equal_budget: with ``mode="no_transfer"``: as many candidate evaluations as ``two_stage``'s stage 1 and
+        stage 2 together and about as many scorer requests (``results["tp"]["equal_budget"]`` records both).
     :param output_type: score every task in this lm-eval ``output_type``; None: each spec's.
     :param apply_chat_template: ``auto``, ``on`` or ``off`` (see :func:`evaluate`).
     :param results_dir: where ``runs/<run_id>/`` and ``LEADERBOARD.md`` are written.
@@ -254,7 +257,7 @@ def optimize(
         batch_size=_batch_size(batch_size), run_id=run_id, reference_share=float(reference_share), cache=cache,
         allow_data_outside_spec_dir=allow_data_outside_spec_dir, leaderboard=leaderboard,
         apply_chat_template=apply_chat_template, optimizer_options=dict(optimizer_options or {}),
-        selection_alpha=None if selection_alpha is None else float(selection_alpha),
+        selection_alpha=None if selection_alpha is None else float(selection_alpha), equal_budget=bool(equal_budget),
     )
     run, results = run_optimize(settings, _registries(registries), progress=progress)
     return RunResult(run_dir=run.path, results=results)

@@ -101,7 +101,7 @@ def test_gemma_cannot_be_the_reference_llm_and_defaults_to_smollm2(gemma, regist
     with pytest.raises(BackendError, match="but mmlu_general, commonsenseqa, financial_phrasebank would be scored in generate_until mode"):
         prepare_run(OptimizeSettings(**base, scoring_mode="generate_until", run_id="verbal"), registries)
     ctx, _ = prepare_run(OptimizeSettings(**base, mode="no_transfer", run_id="default"), registries)
-    assert ctx.scorer is gemma and ctx.reference.name == "embedded:smollm2-135m"
+    assert ctx.scorer.lm is gemma.lm and ctx.reference.name == "embedded:smollm2-135m"
     config = ctx.run.config()
     assert config["reference_model"] == "embedded:smollm2-135m" and config["scorer_identity"]["chat_template"] is None
 

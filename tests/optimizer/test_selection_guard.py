@@ -47,8 +47,9 @@ def target(registries):
 def _ctx(target, registries, alpha=0.05):
     rows: list[dict] = []
     backend = LMBackend(name="double", lm=InstructionLM(target), identity={"backend": "double"})
-    return SimpleNamespace(scorer=backend, registries=registries, seed=0, selection_alpha=alpha,
-                           run=SimpleNamespace(append=rows.append)), rows
+    run = SimpleNamespace(append=rows.append, find=lambda **match: [r for r in rows
+                                                                   if all(r.get(k) == v for k, v in match.items())])
+    return SimpleNamespace(scorer=backend, registries=registries, seed=0, selection_alpha=alpha, run=run), rows
 
 
 def test_a_prompt_that_wins_beyond_noise_replaces_the_original(target, registries):
@@ -78,3 +79,11 @@ def test_too_few_validation_docs_keep_the_original_without_a_bound(registries):
     guard = guard_selection(ctx, small, "GOOD: classify the sentiment.")
     assert guard.kept_original and guard.lower_bound is None and guard.difference > 0 and guard.n == 6
     assert "too few for a trustworthy bound" in guard.reason
+
+
+def test_a_resumed_run_recalls_the_decision_instead_of_scoring_again(target, registries):
+    ctx, rows = _ctx(target, registries)
+    first = guard_selection(ctx, target, "GOOD: classify the sentiment.")
+    issued = ctx.scorer.issued["loglikelihood"]
+    again = guard_selection(ctx, target, "GOOD: classify the sentiment.")
+    assert again == first and ctx.scorer.issued["loglikelihood"] == issued and len(rows) == 1

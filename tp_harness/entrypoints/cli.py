@@ -214,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode = o.add_mutually_exclusive_group()
     mode.add_argument("--no-transfer", action="store_true", help="ablation: stage 2 alone from the original prompt")
     mode.add_argument("--source-only", action="store_true", help="ablation: stage 1 alone; its best prompt as is")
+    o.add_argument("--equal-budget", action="store_true",
+                   help="with --no-transfer: as many candidate evaluations as the two-stage run's stage 1 and 2 "
+                        "together, and about as many scorer requests (more docs per candidate), so the ablation "
+                        "compares equal budgets")
     o.add_argument("--optimizer", default="transfer", help="registered optimizer (default transfer)")
     guard = o.add_mutually_exclusive_group()
     guard.add_argument("--selection-alpha", type=_alpha, default=DEFAULT_SELECTION_ALPHA, metavar="A",
@@ -260,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="two_stage (the paper's setup), no_transfer, source_only; comma-separated (default two_stage)")
     sw.add_argument("--budget", default=SWEEP_BUDGET, choices=list(BUDGETS),
                     help="search size of every run (default smoke)")
+    sw.add_argument("--equal-budget", action="store_true",
+                    help="no_transfer runs get the two-stage search's candidate evaluations and about its scorer "
+                         "requests (the ablation at equal budget; on by default in studies)")
     seeds = sw.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, default=0, help="the seed of every run (default 0)")
     seeds.add_argument("--seeds", type=_seed_list, default=None, metavar="S,S,...",
@@ -382,7 +389,7 @@ def _cmd_optimize(args) -> int:
         reference_share=args.reference_share, allow_data_outside_spec_dir=args.allow_data_outside_spec_dir,
         apply_chat_template=args.apply_chat_template,
         optimizer_options=parse_model_args(",".join(args.optimizer_options), flag="--optimizer-option"),
-        selection_alpha=args.selection_alpha,
+        selection_alpha=args.selection_alpha, equal_budget=args.equal_budget,
     )
 
     def show_projection(projection, ctx) -> None:
@@ -470,7 +477,7 @@ def _cmd_sweep(args) -> int:
         model_args=args.model_args, reference_model=args.reference_model,
         reference_model_args=args.reference_model_args, reference_share=args.reference_share,
         scoring_mode=args.scoring_mode, spec_dirs=args.specs, dtype=args.dtype, batch_size=args.batch_size,
-        cache=args.cache, apply_chat_template=args.apply_chat_template,
+        cache=args.cache, apply_chat_template=args.apply_chat_template, equal_budget=args.equal_budget,
     ))
     plan = plan_sweep(settings)
     if args.executor == "ray":

@@ -134,7 +134,7 @@ def prepare_task(
 
 
 def _check_sizes(spec: TaskSpec, num_docs: int) -> None:
-    """:raises SpecError: the splits ask for more docs than the data holds (as :func:`tp_harness.data.formats.split_docs`)."""
+    """:raises SpecError: the splits ask for more docs than the data holds (as :func:`tp_harness.data.splits.split_docs`)."""
     from tp_harness.data.splits import split_docs
 
     split_docs(spec, [{}] * num_docs)

@@ -39,7 +39,7 @@ def load(*, config_source: str | None = None, **_metadata: Any) -> datasets.Data
     :param _metadata: the rest of lm-eval's ``metadata`` and ``dataset_kwargs`` (``tp``, ``version``, the
         run's ``--metadata`` and model args); ignored.
     :return: splits ``optimize``, ``validation`` and ``test``, each a ``datasets.Dataset`` of the spec's
-        rows, cut as :func:`tp_harness.data.formats.split_docs` cuts them (same seed, same order).
+        rows, cut as :func:`tp_harness.data.splits.split_docs` cuts them (same seed, same order).
     :raises SpecError: lm-eval gave no YAML path (an inline config), or the spec or its data are broken.
     """
     import datasets

@@ -25,6 +25,8 @@ class Budget:
     :ivar promote: racing: candidates per step promoted from the minibatch to the full optimize split.
     :ivar full_eval_interval: racing: every this many steps, the best minibatch-scored candidate without a
         full score is promoted too (0: never).
+    :ivar last_step_candidates: the last step proposes this many candidates instead of ``num_candidates`` (an
+        equal-budget ablation matches another mode's candidate count exactly with it); None: ``num_candidates``.
     """
 
     name: str
@@ -39,9 +41,16 @@ class Budget:
     minibatch: int | None = None
     promote: int = 2
     full_eval_interval: int = 0
+    last_step_candidates: int | None = None
+
+    def step_candidates(self, step: int) -> int:
+        """Candidates proposed at ``step`` (1-based; step 0 scores the initial prompts)."""
+        if step == self.steps and self.last_step_candidates is not None:
+            return self.last_step_candidates
+        return self.num_candidates
 
     def caps(self) -> dict[str, int]:
-        """Per-split caps for :func:`tp_harness.data.formats.split_docs`."""
+        """Per-split caps for :func:`tp_harness.data.splits.split_docs`."""
         return {k: v for k, v in (("optimize", self.optimize_n), ("validation", self.validation_n),
                                   ("test", self.test_n)) if v is not None}
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from tp_harness.constants import DEFAULT_REFERENCE_SHARE
@@ -77,6 +77,13 @@ class StageSettings:
     minibatch: int | None = None
     promote: int = 2
     full_eval_interval: int = 0
+    last_step_candidates: int | None = None
+
+    def at_step(self, step: int) -> StageSettings:
+        """These settings for ``step``: the last step proposes ``last_step_candidates`` when that is set."""
+        if step == self.steps and self.last_step_candidates is not None:
+            return replace(self, num_candidates=self.last_step_candidates, last_step_candidates=None)
+        return self
 
     @property
     def racing(self) -> bool:
@@ -135,7 +142,9 @@ def run_stage(
     history: list[ScoredPrompt] = []
     partial: list[ScoredPrompt] = []
     base = dict(row_base or {})
-    for step in range(settings.steps + 1):
+    stage_settings = settings
+    for step in range(stage_settings.steps + 1):
+        settings = stage_settings.at_step(step)
         rng = random.Random(f"{seed}:{stage}:{step}")
         racing = settings.racing and step > 0
         first_kind = "partial" if racing else "full"

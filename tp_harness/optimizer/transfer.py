@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 from tp_harness.backends.base import LMBackend
@@ -143,29 +143,10 @@ def project_calls(ctx: RunContext) -> Projection:
     periodically promoted candidates on the full split; finalists on validation; final prompts on test.
     """
     b = ctx.budget
-    num_ref = round(b.num_candidates * ctx.reference_share)
-    cands = requests = ref = 0
-
-    def stage(tasks: Sequence[PreparedTask], initial: int) -> None:
-        nonlocal cands, requests, ref
-        full = sum(count_scorer_requests(t, "optimize") for t in tasks)
-        m = _minibatch(ctx, tasks)
-        cands += initial + b.steps * b.num_candidates
-        requests += initial * full
-        if m is None:
-            requests += b.steps * b.num_candidates * full
-        else:
-            mini = sum(count_scorer_requests(t, "optimize", m) for t in tasks)
-            periodic = b.steps // b.full_eval_interval if b.full_eval_interval else 0
-            requests += b.steps * (b.num_candidates * mini + min(b.promote, b.num_candidates) * full)
-            requests += periodic * full
-        ref += b.steps * num_ref
-
-    if ctx.mode != "no_transfer" and ctx.sources:
-        stage(ctx.sources, len(ctx.sources))
+    search = search_cost(ctx)
+    cands, requests, ref = search["candidates"], search["scorer_requests"], search["reference_samples"]
     for t in ctx.targets:
         if ctx.mode != "source_only":
-            stage([t], 1 + (b.k_source if ctx.mode == "two_stage" else 0))
             cands += b.finalists
             requests += b.finalists * count_scorer_requests(t, "validation")
         if ctx.selection_alpha is not None:  # the guard scores the original and the choice on validation
@@ -174,6 +155,98 @@ def project_calls(ctx: RunContext) -> Projection:
         cands += finals
         requests += finals * count_scorer_requests(t, "test")
     return Projection(scorer_requests=requests, reference_samples=ref, candidates=cands)
+
+
+def search_cost(ctx: Any) -> dict[str, int]:
+    """The search's cost: candidate evaluations and scorer requests of stage 1 and stage 2 (no validation, guard
+    or test scoring, which every mode pays alike), and reference-LLM samples. What equal-budget ablations match.
+
+    :param ctx: a :class:`RunContext` (or anything with its ``budget``, ``mode``, ``sources``, ``targets``,
+        ``reference_share``).
+    """
+    b = ctx.budget
+    cands = requests = ref = 0
+
+    def stage(tasks: Sequence[PreparedTask], initial: int) -> None:
+        nonlocal cands, requests, ref
+        full = sum(count_scorer_requests(t, "optimize") for t in tasks)
+        m = _minibatch(ctx, tasks)
+        mini = sum(count_scorer_requests(t, "optimize", m) for t in tasks) if m is not None else None
+        cands += initial + sum(b.step_candidates(step) for step in range(1, b.steps + 1))
+        requests += _stage_requests(b, initial=initial, full=full, mini=mini)
+        ref += sum(round(b.step_candidates(step) * ctx.reference_share) for step in range(1, b.steps + 1))
+
+    if ctx.mode != "no_transfer" and ctx.sources:
+        stage(ctx.sources, len(ctx.sources))
+    if ctx.mode != "source_only":
+        for t in ctx.targets:
+            stage([t], 1 + (b.k_source if ctx.mode == "two_stage" else 0))
+    return {"candidates": cands, "scorer_requests": requests, "reference_samples": ref}
+
+
+def _stage_requests(b: Budget, *, initial: int, full: int, mini: int | None) -> int:
+    """Scorer requests of one stage: ``initial`` prompts and every step's candidates on the full optimize split
+    (``full`` requests per candidate), or, racing, on the minibatch (``mini``) plus the promoted ones on the full
+    split."""
+    requests = initial * full
+    for step in range(1, b.steps + 1):
+        n = b.step_candidates(step)
+        if mini is None:
+            requests += n * full
+        else:
+            requests += n * mini + min(b.promote, n) * full
+            if b.full_eval_interval and step % b.full_eval_interval == 0:
+                requests += full
+    return requests
+
+
+def equal_budget(budget: Budget, *, sources: Sequence[PreparedTask], target: PreparedTask,
+                 target_full: PreparedTask, reference_share: float) -> tuple[Budget, dict[str, Any]]:
+    """The ``no_transfer`` budget that matches ``two_stage``'s search on the same target (issue 18, item 2).
+
+    The paper's claim that transfer beats direct optimization needs equal budgets: two-stage pays for stage 1 (the
+    source tasks) and stage 2, ``--no-transfer`` for stage 2 alone. This gives ``no_transfer`` the same number of
+    candidate evaluations (more steps; the last step proposes the remainder) and, by scoring each candidate on
+    more optimize docs of the target (a larger optimize split and racing minibatch, searched for the closest
+    total), scorer requests as close as the target's optimize split allows: within 10% when it holds enough docs.
+    Validation, the guard and the test scoring are the same in both modes.
+
+    :param sources, target: the two-stage run's prepared tasks (the budget's split caps).
+    :param target_full: ``target`` prepared without an optimize cap (its whole optimize split).
+    :return: the matched budget and a record of both modes' search cost (``two_stage``, ``no_transfer``,
+        ``requests_ratio``, ``optimize_docs``) for config.json, results.json and the leaderboard.
+    """
+    from types import SimpleNamespace
+
+    two = search_cost(SimpleNamespace(budget=budget, mode="two_stage", sources=list(sources), targets=[target],
+                                      reference_share=reference_share))
+    extra = two["candidates"] - 1  # no_transfer's step 0 scores the original alone
+    nc = budget.num_candidates
+    steps = max(1, -(-extra // nc))
+    last = extra - (steps - 1) * nc
+    matched = replace(budget, name=f"{budget.name}-equal", steps=steps,
+                      last_step_candidates=None if last == nc else last)
+    available = len(target_full.splits["optimize"])
+    prefix = [count_scorer_requests(target_full, "optimize", k) for k in range(available + 1)]  # requests of k docs
+    base_docs = max(1, min(budget.optimize_n or available, available))
+    best: tuple[float, int, int, int | None] | None = None  # (gap, docs, requests, minibatch)
+    for docs in range(base_docs, available + 1):
+        minibatches: list[int | None] = [None]
+        if matched.minibatch is not None:
+            minibatches = [m for m in range(matched.minibatch, docs)] or [None]
+        for m in minibatches:
+            requests = _stage_requests(matched, initial=1, full=prefix[docs], mini=prefix[m] if m else None)
+            gap = abs(requests - two["scorer_requests"]) / max(1, two["scorer_requests"])
+            if best is None or gap < best[0] - 1e-12:
+                best = (gap, docs, requests, m)
+    assert best is not None
+    _, docs, requests, minibatch = best
+    matched = replace(matched, optimize_n=docs, minibatch=minibatch)
+    record = {"two_stage": two, "no_transfer": {"candidates": 1 + extra, "scorer_requests": requests},
+              "requests_ratio": round(requests / max(1, two["scorer_requests"]), 4), "optimize_docs": docs,
+              "minibatch": minibatch,
+              "steps": steps, "last_step_candidates": matched.last_step_candidates}
+    return matched, record
 
 
 def _minibatch(ctx: RunContext, tasks: Sequence[PreparedTask]) -> int | None:
@@ -188,7 +261,8 @@ def _settings(ctx: RunContext, tasks: Sequence[PreparedTask]) -> StageSettings:
     b = ctx.budget
     return StageSettings(steps=b.steps, num_candidates=b.num_candidates, reference_share=ctx.reference_share,
                          reference_max_tokens=b.reference_max_tokens, minibatch=_minibatch(ctx, tasks),
-                         promote=b.promote, full_eval_interval=b.full_eval_interval)
+                         promote=b.promote, full_eval_interval=b.full_eval_interval,
+                         last_step_candidates=b.last_step_candidates)
 
 
 def minibatch_ids(ctx: RunContext, stage: str, step: int, task: PreparedTask, size: int | None) -> tuple[int, ...] | None:
@@ -413,7 +487,7 @@ def guard_selection(ctx: RunContext, target: PreparedTask, candidate: str) -> Se
     selection step scored already); the paired bootstrap (:func:`tp_harness.evaluation.bootstrap.paired_delta_interval`,
     1,000 resamples of the docs, seeded by the run's seed) gives the one-sided ``1 - alpha`` lower bound of the
     composite difference, candidate minus original. The candidate wins only when that bound is above 0. A journal
-    row (stage ``guard``) records the decision.
+    row (stage ``guard``) records the decision; ``--resume`` recalls it instead of scoring again.
 
     With fewer than :data:`MIN_GUARD_DOCS` validation docs no bound is computed and the original is kept: a
     percentile bootstrap over a handful of docs under-covers (the ``smoke`` and ``sweep`` budgets validate on 6).
@@ -425,6 +499,9 @@ def guard_selection(ctx: RunContext, target: PreparedTask, candidate: str) -> Se
 
     alpha = float(ctx.selection_alpha if ctx.selection_alpha is not None else DEFAULT_SELECTION_ALPHA)
     original = target.spec.tp.instruction
+    for row in ctx.run.find(stage="guard", task=target.name, prompt_sha=prompt_sha(candidate)):  # --resume
+        if isinstance(row.get("selection"), dict) and row["selection"].get("alpha") == alpha:
+            return SelectionGuard(**row["selection"])
     before, after = evaluate_jobs(ctx.scorer, [EvalJob(target, "validation", original),
                                                EvalJob(target, "validation", candidate)],
                                   metrics=ctx.registries.metrics)

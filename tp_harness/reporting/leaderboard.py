@@ -189,7 +189,12 @@ def _ablation_lines(rows: Sequence[Row], figure: str | None) -> list[str]:
                 line.append("")
                 continue
             orig = next((r for r in by_mode[mode] if r.kind == "original"), None)
-            line.append(f"{fmt_value(best.composite)} ({_delta_text(orig, best) if orig else 'n/a'})")
+            search = best.run.tp.get("search") or {}
+            spent = (f"; {search['candidates']} cand., {search['scorer_requests']:,} req."
+                     if isinstance(search.get("candidates"), int) and isinstance(search.get("scorer_requests"), int)
+                     else "")
+            equal = " (equal budget)" if best.run.tp.get("equal_budget") else ""
+            line.append(f"{fmt_value(best.composite)} ({_delta_text(orig, best) if orig else 'n/a'}{spent}){equal}")
         body.append(line)
     headers = ["model", "dataset", "budget", "seed", "n", "original", "two-stage", "no transfer", "source only"]
     lines = ["## Ablation: two-stage vs no transfer vs source only", "",
@@ -197,7 +202,9 @@ def _ablation_lines(rows: Sequence[Row], figure: str | None) -> list[str]:
              "bootstrap CI excludes 0), for every model, dataset, budget and seed with at least two modes. "
              "two-stage: the paper's setup (stage 1 on the source tasks, stage 2 on the target); no transfer: "
              "stage 2 alone from the original instruction (`--no-transfer`); source only: stage 1's best "
-             "prompt used as is (`--source-only`).", "",
+             "prompt used as is (`--source-only`). Each cell states the mode's search budget where the run recorded "
+             "it: candidate evaluations and scorer requests of stages 1 and 2 (\"equal budget\": a no-transfer run "
+             "given two-stage's, `--equal-budget`).", "",
              tabulate(body, headers=headers, tablefmt="github", disable_numparse=True), ""]
     if figure:
         lines += [f"![Ablation: test composite per mode]({figure})", ""]

@@ -41,7 +41,7 @@ from tp_harness.evaluation.evaluator import (
 from tp_harness.interop.export import export_task_yaml, lm_eval_results
 from tp_harness.optimizer.budget import Budget, Projection, get_budget
 from tp_harness.optimizer.loop import Progress
-from tp_harness.optimizer.transfer import RunContext, RunOutcome, project_calls
+from tp_harness.optimizer.transfer import RunContext, RunOutcome, project_calls, search_cost
 from tp_harness.plugin.hookspecs import Registries
 from tp_harness.spec.loader import BUILTIN_SPEC_DIR, discover_specs, load_spec
 from tp_harness.spec.schema import TaskSpec
@@ -82,6 +82,9 @@ class OptimizeSettings:
     #: the guarded final choice: a new prompt ships only when the paired-bootstrap ``1 - alpha`` lower bound of its
     #: validation-composite gain over the original is above 0; None: the validation argmax ships (the paper's rule)
     selection_alpha: float | None = DEFAULT_SELECTION_ALPHA
+    #: ``no_transfer`` only: as many candidate evaluations as ``two_stage``'s stage 1 and stage 2 together, and scorer
+    #: requests as close as the target's optimize split allows (the ablation at equal budget)
+    equal_budget: bool = False
 
 
 def spec_index(spec_dirs: Sequence[str | Path] = ()) -> dict[str, Path]:
@@ -334,6 +337,36 @@ def _saved_settings(run: RunDir) -> OptimizeSettings:
     return OptimizeSettings(**saved)
 
 
+def _equal_budget(settings: OptimizeSettings, registries: Registries, budget: Budget, target_specs: Sequence[TaskSpec],
+                  targets: list[PreparedTask]) -> tuple[Budget, list[PreparedTask], dict[str, Any]]:
+    """``--equal-budget`` for ``no_transfer``: the budget that matches the two-stage search on the target
+    (:func:`tp_harness.optimizer.transfer.equal_budget`), the target prepared with it, and the record for config.json.
+
+    :raises UsageError: more than one target, or no source tasks to measure the two-stage search with.
+    """
+    from tp_harness.optimizer.transfer import equal_budget
+
+    if len(targets) != 1:
+        raise UsageError("--equal-budget matches one target's two-stage search: give one --target per run (a sweep "
+                         "runs one target per run)")
+    if not settings.sources:
+        raise UsageError("--equal-budget needs the two-stage run's --sources to measure its stage 1")
+    outside = settings.allow_data_outside_spec_dir
+    caps = budget.caps()
+    sources = [prepare_task(s, data_formats=registries.data_formats, mode=settings.scoring_mode, caps=caps,
+                            apply_chat_template=settings.apply_chat_template)
+               for s in load_specs(settings.sources, settings.spec_dirs, registries, allow_data_outside=outside)]
+    full_caps = {k: v for k, v in caps.items() if k != "optimize"}
+    target_full = prepare_task(target_specs[0], data_formats=registries.data_formats, mode=settings.scoring_mode,
+                               caps=full_caps, apply_chat_template=settings.apply_chat_template)
+    matched, record = equal_budget(budget, sources=sources, target=targets[0], target_full=target_full,
+                                   reference_share=settings.reference_share)
+    target = prepare_task(target_specs[0], data_formats=registries.data_formats, mode=settings.scoring_mode,
+                          caps=matched.caps(), apply_chat_template=settings.apply_chat_template)
+    log.info("equal budget: %s", record)
+    return matched, [target], record
+
+
 def _prepare(settings: OptimizeSettings, registries: Registries, *, run: RunDir | None,
              progress: Callable[[str, int], Progress] | None = None) -> tuple[RunContext, Projection]:
     """:func:`prepare_run` once the settings are known; ``run`` is the locked run directory of a resume."""
@@ -370,6 +403,9 @@ def _prepare(settings: OptimizeSettings, registries: Registries, *, run: RunDir 
                             apply_chat_template=settings.apply_chat_template) for s in source_specs]
     targets = [prepare_task(s, data_formats=registries.data_formats, mode=settings.scoring_mode, caps=caps,
                             apply_chat_template=settings.apply_chat_template) for s in target_specs]
+    equal = None
+    if settings.equal_budget and mode == "no_transfer":
+        budget, targets, equal = _equal_budget(settings, registries, budget, target_specs, targets)
     check_cache_dir(settings.cache)
     for task in [*sources, *targets]:
         check_instruction_before_load(settings.model, settings.model_args, registries, task.spec.tp.instruction,
@@ -400,6 +436,7 @@ def _prepare(settings: OptimizeSettings, registries: Registries, *, run: RunDir 
             "scorer_identity": scorer.identity, "reference_identity": reference.identity,
             "scorer_checkpoint": scorer.checkpoint, "scorer_stamp": stamp,
             "mode": mode, "budget": settings.budget, "budget_values": asdict(budget),
+            "equal_budget": equal,
             "seed": settings.seed, "sources": [s.name for s in sources], "targets": [t.name for t in targets],
             "specs": {s.name: str(s.spec.path) for s in [*sources, *targets]},
             "scoring_modes": {s.name: s.mode for s in [*sources, *targets]},
@@ -460,6 +497,8 @@ def finish_run(ctx: RunContext, outcome: RunOutcome, *, results_root: Path,
         "evaluations": evaluations, "trajectory": _trajectory(run.journal()),
         "scorer_checkpoint": config.get("scorer_checkpoint"),
         "calls": calls or {},
+        "search": search_cost(ctx),
+        "equal_budget": config.get("equal_budget"),
         "selection": {t.task: t.selection for t in outcome.targets if t.selection is not None},
     }
     hib = {e.name: e.item.higher_is_better for e in ctx.registries.metrics.entries()}

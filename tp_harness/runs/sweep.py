@@ -37,7 +37,7 @@ EXPECTED_KINDS = {
 #: settings that must match between a sweep and a run directory it reuses
 MATCHED_SETTINGS = ("model", "model_args", "targets", "mode", "budget", "seed", "sources", "scoring_mode",
                     "reference_model", "reference_model_args", "reference_share", "optimizer", "apply_chat_template",
-                    "selection_alpha")
+                    "selection_alpha", "equal_budget")
 
 
 def _sweep_run_defaults() -> OptimizeSettings:
@@ -169,6 +169,8 @@ def _check_same_settings(run_dir: Path, planned: OptimizeSettings) -> None:
         saved["apply_chat_template"] = "on"
     if saved and "selection_alpha" not in saved:  # made before the guarded final choice: the validation argmax shipped
         saved["selection_alpha"] = None
+    if saved and "equal_budget" not in saved:
+        saved["equal_budget"] = False
     wanted = vars(planned)
     diff = [k for k in MATCHED_SETTINGS if k in saved and saved[k] != wanted[k]
             and not (k == "sources" and planned.mode == "no_transfer")]
