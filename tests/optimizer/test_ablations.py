@@ -66,6 +66,7 @@ def test_equal_budget_no_transfer_matches_the_two_stage_search(tmp_path):
     assert main(["optimize", "--budget", "smoke", "--results-dir", str(tmp_path), "--run-id", "two"]) == 0
     eq, two = _results(tmp_path / "runs" / "eq")["tp"], _results(tmp_path / "runs" / "two")["tp"]
     record = eq["equal_budget"]
+    assert eq["budget"] == two["budget"] == "smoke"  # one budget name: the leaderboard's ablation row pairs them
     assert record["no_transfer"]["candidates"] == record["two_stage"]["candidates"] == two["search"]["candidates"]
     assert eq["search"] == {**eq["search"], **record["no_transfer"]}
     assert abs(record["requests_ratio"] - 1) <= 0.10, record

@@ -255,7 +255,7 @@ def test_committed_leaderboard_has_two_models_three_datasets_both_ablations_and_
         assert len(tasks) >= 3, (model, tasks)
         groups = [g for (m, *_), g in ablation_groups(rows).items() if m == model]
         assert sum(set(g) == {"two_stage", "no_transfer", "source_only"} for g in groups) >= 3, model
-    assert "20261202-143537-embedded-smollm2-135m-financial_phrasebank-two_stage" in md  # the main job's example run
+    assert "20261202-145903-embedded-smollm2-135m-financial_phrasebank-two_stage" in md  # the main job's example run
     assert all(r.n and r.n > 0 for r in rows) and all(isinstance(r.composite, float) for r in rows)
     links = re.findall(r"\]\(([^)\s]+)\)", md)
     assert any(link.endswith("trajectory.png") for link in links)

@@ -224,7 +224,7 @@ def equal_budget(budget: Budget, *, sources: Sequence[PreparedTask], target: Pre
     nc = budget.num_candidates
     steps = max(1, -(-extra // nc))
     last = extra - (steps - 1) * nc
-    matched = replace(budget, name=f"{budget.name}-equal", steps=steps,
+    matched = replace(budget, steps=steps,  # the same name: the leaderboard groups the modes of one budget
                       last_step_candidates=None if last == nc else last)
     available = len(target_full.splits["optimize"])
     prefix = [count_scorer_requests(target_full, "optimize", k) for k in range(available + 1)]  # requests of k docs
