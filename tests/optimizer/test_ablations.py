@@ -40,8 +40,11 @@ def test_source_only_uses_the_best_source_prompt_as_is(tmp_path):
     kinds = {e["prompt_kind"]: e for e in results["tp"]["evaluations"]}
     assert set(kinds) == {"original", "best_source"}
     best = json.loads((run / "best_prompts.json").read_text())
-    assert kinds["best_source"]["prompt"] == best["source"][0]["prompt"]
-    assert "financial_phrasebank__tp_best" in results["results"]  # the exported best is the source prompt
+    guard = results["tp"]["selection"]["financial_phrasebank"]
+    assert guard["candidate"] == best["source"][0]["prompt"]  # stage 1's best prompt, used as is, is the candidate
+    shipped = kinds["original"]["prompt"] if guard["kept_original"] else guard["candidate"]
+    assert kinds["best_source"]["prompt"] == shipped  # the guard decides whether it replaces the original
+    assert "financial_phrasebank__tp_best" in results["results"]  # the exported best is the shipped prompt
 
 
 def test_reference_llm_can_differ_from_the_scorer(tmp_path, embedded_backend, registries):
