@@ -83,3 +83,14 @@ def test_vllm_without_cuda_is_one_clear_message(capsys):
     assert line[0].startswith("tp-harness: error: backend 'vllm':")
     assert "not installed" in line[0] or "no CUDA" in line[0]
     assert "Traceback" not in "\n".join(line)
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--selection-alpha", "0.7", "expected a number in (0, 0.5), got 0.7"),
+    ("--selection-alpha", "x", "expected a number in (0, 0.5), got 'x'"),
+    ("--reference-share", "1.5", "expected a number in [0, 1], got 1.5"),
+])
+def test_number_flags_say_the_range(flag, value, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["optimize", flag, value])
+    assert info.value.code == 2 and message in capsys.readouterr().err

@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tp_harness.constants import (
@@ -104,26 +105,25 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
-def _alpha(text: str) -> float:
-    """``--selection-alpha``: a number in (0, 0.5)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 0.5), got {text!r}") from None
-    if not 0.0 < value < 0.5:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 0.5), e.g. 0.05, got {text}")
-    return value
+def _number_in(low: float, high: float, *, closed: bool) -> Callable[[str], float]:
+    """An argparse type: a number in ``[low, high]`` (``closed``) or ``(low, high)``."""
+    shown = f"[{low:g}, {high:g}]" if closed else f"({low:g}, {high:g})"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in {shown}, got {text!r}") from None
+        if not (low <= value <= high if closed else low < value < high):
+            raise argparse.ArgumentTypeError(f"expected a number in {shown}, got {value:g}")
+        return value
+
+    return parse
 
 
-def _share(text: str) -> float:
-    """A share in [0, 1] (``--reference-share``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
-    return value
+#: ``--reference-share``: a share in [0, 1]; ``--selection-alpha``: a one-sided level in (0, 0.5)
+_share = _number_in(0.0, 1.0, closed=True)
+_alpha = _number_in(0.0, 0.5, closed=False)
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
