@@ -392,3 +392,20 @@ def test_the_registry_and_the_constants_agree_on_every_builtin_metric(registries
     from tp_harness.constants import BUILTIN_METRICS
 
     assert {e.name: e.item.higher_is_better for e in registries.metrics.entries() if e.builtin} == dict(BUILTIN_METRICS)
+
+
+def test_rounding_past_one_is_clamped_so_the_composite_accepts_it() -> None:
+    """A real run's PR-N came out as 1.0000000000000002 (sklearn's summation) and the composite refused it."""
+    import numpy as np
+
+    from tp_harness.evaluation import metrics
+
+    assert metrics._unit(1.0000000000000002) == 1.0 and metrics._unit(-1e-17) == 0.0 and metrics._unit(0.25) == 0.25
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(2, 60))
+        conf = rng.choice([0.0, 0.1, 0.5, 0.9, 1.0, rng.random()], size=n)
+        correct = rng.random(n) < rng.random()
+        for fn in (metrics.auroc, metrics.pr_p, metrics.pr_n):
+            value = fn(list(conf), list(correct))
+            assert value is None or 0.0 <= value <= 1.0

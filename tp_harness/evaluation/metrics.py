@@ -178,6 +178,13 @@ def expected_calibration_error(
     return float(np.abs(sum_acc - sum_conf).sum() / n)
 
 
+def _unit(value: float) -> float:
+    """``value`` clamped to [0, 1]: sklearn's sums can land a few ULPs outside (``1.0000000000000002`` was seen in a
+    real run's PR-N), which the composite would refuse. Only rounding is absorbed: the metrics are in [0, 1] by
+    definition."""
+    return min(1.0, max(0.0, float(value)))
+
+
 def _both_classes(corr: np.ndarray) -> bool:
     """True when there is at least one correct and one incorrect sample."""
     return bool(corr.any()) and not bool(corr.all())
@@ -199,7 +206,7 @@ def auroc(confidence: Sequence[float], correct: Sequence[bool]) -> float | None:
         return None
     from sklearn.metrics import roc_auc_score
 
-    return float(roc_auc_score(corr, conf))
+    return _unit(roc_auc_score(corr, conf))
 
 
 def pr_p(confidence: Sequence[float], correct: Sequence[bool]) -> float | None:
@@ -218,7 +225,7 @@ def pr_p(confidence: Sequence[float], correct: Sequence[bool]) -> float | None:
         return None
     from sklearn.metrics import average_precision_score
 
-    return float(average_precision_score(corr, conf))
+    return _unit(average_precision_score(corr, conf))
 
 
 def pr_n(confidence: Sequence[float], correct: Sequence[bool]) -> float | None:
@@ -237,7 +244,7 @@ def pr_n(confidence: Sequence[float], correct: Sequence[bool]) -> float | None:
         return None
     from sklearn.metrics import average_precision_score
 
-    return float(average_precision_score(~corr, 1.0 - conf))
+    return _unit(average_precision_score(~corr, 1.0 - conf))
 
 
 # ----------------------------------------------------------------------------------------------
