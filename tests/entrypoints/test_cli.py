@@ -94,3 +94,9 @@ def test_number_flags_say_the_range(flag, value, message, capsys):
     with pytest.raises(SystemExit) as info:
         main(["optimize", flag, value])
     assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_malformed_optimizer_option_is_one_error_line_with_an_example(capsys):
+    assert main(["optimize", "--optimizer-option", "foo"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["tp-harness: error: --optimizer-option: 'foo' is not one key=value pair (e.g. rewrites=2)"]

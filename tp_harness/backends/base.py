@@ -208,10 +208,11 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def parse_model_args(text: str | None, *, flag: str = "--model-args") -> dict[str, str]:
+def parse_model_args(text: str | None, *, flag: str = "--model-args",
+                     example: str = "pretrained=./my-model,dtype=float32") -> dict[str, str]:
     """Parse lm-eval style ``key=value,key=value`` model args into a dict of strings.
 
-    :param flag: the option named in error messages.
+    :param flag: the option named in error messages; :param example: a valid value shown in them.
 
     :raises UsageError: a part is not exactly one ``key=value`` (no ``=``, an empty key, a second ``=``), or a
         key is given twice.
@@ -226,8 +227,7 @@ def parse_model_args(text: str | None, *, flag: str = "--model-args") -> dict[st
         key, sep, value = part.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key or "=" in value:
-            raise UsageError(f"{flag}: {part!r} is not one key=value pair (e.g. "
-                             "pretrained=./my-model,dtype=float32)")
+            raise UsageError(f"{flag}: {part!r} is not one key=value pair (e.g. {example})")
         if key in out:
             raise UsageError(f"{flag}: {key!r} is given twice")
         out[key] = value

@@ -389,7 +389,8 @@ def _cmd_optimize(args) -> int:
         spec_dirs=args.specs, dtype=args.dtype, batch_size=args.batch_size, run_id=args.run_id, cache=args.cache,
         reference_share=args.reference_share, allow_data_outside_spec_dir=args.allow_data_outside_spec_dir,
         apply_chat_template=args.apply_chat_template,
-        optimizer_options=parse_model_args(",".join(args.optimizer_options), flag="--optimizer-option"),
+        optimizer_options=parse_model_args(",".join(args.optimizer_options), flag="--optimizer-option",
+                                           example="rewrites=2"),
         selection_alpha=args.selection_alpha, equal_budget=args.equal_budget,
     )
 
