@@ -80,6 +80,8 @@ def test_journal_rows_cover_both_stages_with_proposers_and_metric_ranges(smoke_r
     proposers = {r["proposer"] for r in rows}
     assert {"original", "seed"} <= proposers and proposers & {"reference", "evolution"}
     for r in rows:
+        if r["stage"] == "rejected":  # the anti-overfit guard's rejections are not scored
+            continue
         assert set(r["metrics"]) >= {"acc", "ece", "auroc", "pr_p", "pr_n", "composite"}
         assert all(_in_unit(v) for v in r["metrics"].values()), r
         assert r["n"] > 0 and r["seconds"] >= 0 and r["tokens"] > 0
@@ -92,6 +94,34 @@ def test_journal_rows_cover_both_stages_with_proposers_and_metric_ranges(smoke_r
                for r in rows if r.get("eval") == "full" and r["stage"] in ("source", "target"))
     keys = Counter((r["stage"], r["task"], r["step"], r.get("eval"), r["prompt_sha"]) for r in rows)
     assert max(keys.values()) == 1
+
+
+def test_no_scored_proposal_copies_the_tasks_data_and_every_rejection_does(smoke_run):
+    """The anti-overfit guard on the real path: the run's own splits (smoke caps), the real proposals."""
+    from tp_harness.evaluation.evaluator import prepare_task
+    from tp_harness.optimizer.budget import get_budget
+    from tp_harness.optimizer.overfit import task_spans
+    from tp_harness.plugin.manager import build_registries
+    from tp_harness.runs.runner import load_specs
+
+    _, run = smoke_run
+    registries = build_registries()
+    caps = get_budget("smoke").caps()
+    spans = {}
+    for group in (["mmlu_general", "commonsenseqa"], ["financial_phrasebank"]):
+        preps = [prepare_task(spec, data_formats=registries.data_formats, caps=caps)
+                 for spec in load_specs(group, [], registries)]
+        spans["+".join(group)] = task_spans([p.splits for p in preps])
+    rows = _rows(run)
+    proposals = [r for r in rows if r["stage"] in ("source", "target") and r["proposer"] in ("reference", "evolution")]
+    assert proposals
+    assert all(spans[r["task"]].copied_span(r["prompt"]) is None for r in proposals)
+    rejected = [r for r in rows if r["stage"] == "rejected"]
+    assert all(r["reason"] == spans[r["task"]].reason(r["prompt"]) for r in rejected)
+    tp = json.loads((run / "results.json").read_text())["tp"]
+    assert [(r["task"], r["step"], r["prompt"]) for r in tp["rejected"]] == \
+        [(r["task"], r["step"], r["prompt"]) for r in rejected]
+    assert "## Rejected proposals" in (run / "report.md").read_text()
 
 
 def test_results_json_has_lm_eval_schema_and_three_test_evaluations(smoke_run):

@@ -125,6 +125,8 @@ def run_stage(
     progress: Progress | None = None,
     row_base: dict[str, Any] | None = None,
     recall_step: Callable[[int], list[dict]] | None = None,
+    screen: Callable[[str], str | None] | None = None,
+    reject: Sink | None = None,
 ) -> list[ScoredPrompt]:
     """Run one stage and return its whole history (initial prompts included), best first.
 
@@ -137,6 +139,11 @@ def run_stage(
     :param exemplars: draws the meta-prompt's (question, answer) examples with the step's generator.
     :param recall_step: returns the journal rows of a step; a step whose rows are all there (as many
         as its ``num_candidates``) is taken from the journal without asking the reference LLM again.
+    :param screen: the anti-overfit guard: returns why a proposed instruction is rejected (it copies the task's
+        data, :mod:`tp_harness.optimizer.overfit`), or None to score it. Originals and transferred seeds are not
+        screened; a rejected proposal's slot goes to the next proposal (evolutionary edits fill what is left).
+    :param reject: receives one row per rejected proposal (``stage: rejected``, ``of_stage``, ``step``,
+        ``proposer``, ``prompt``, ``prompt_sha``, ``reason``); the journal writer.
     """
     progress = progress or _Silent()
     history: list[ScoredPrompt] = []
@@ -155,9 +162,15 @@ def run_stage(
         elif step == 0:
             cands, dropped = hygiene(initial, max_chars=10_000, min_chars=1)
         else:
-            cands, dropped = _propose(history, description, reference, exemplars, settings, rng,
-                                      seed=hash_seed(seed, stage, step))
+            cands, dropped, rejected = _propose(history, description, reference, exemplars, settings, rng,
+                                                seed=hash_seed(seed, stage, step), screen=screen)
             log.debug("%s step %d: hygiene dropped %s", stage, step, dropped)
+            for cand, reason in rejected:
+                log.info("%s step %d: rejected a %s proposal: %s", stage, step, cand.proposer, reason)
+                if reject is not None:
+                    reject({**base, "stage": "rejected", "of_stage": stage, "step": step, "proposer": cand.proposer,
+                            "operation": cand.operation, "prompt": cand.text, "prompt_sha": prompt_sha(cand.text),
+                            "reason": reason})
         scored = _score_step(cands, step, score, sink, recall, base, stage, kind=first_kind,
                              minibatch=settings.minibatch if racing else None)
         if racing:
@@ -199,11 +212,28 @@ def hash_seed(seed: int, stage: str, step: int) -> int:
     return int(text_hash(f"{seed}:{stage}:{step}"), 16) % (2**31 - 1)
 
 
-def _propose(history, description, reference, exemplars, settings: StageSettings, rng: random.Random, *, seed: int):
+def _screened(cands: list[Candidate], screen: Callable[[str], str | None] | None,
+              rejected: list[tuple[Candidate, str]]) -> list[Candidate]:
+    """The candidates ``screen`` lets through; the others are appended to ``rejected`` with the reason."""
+    if screen is None:
+        return cands
+    out = []
+    for cand in cands:
+        reason = screen(cand.text)
+        if reason is None:
+            out.append(cand)
+        else:
+            rejected.append((cand, reason))
+    return out
+
+
+def _propose(history, description, reference, exemplars, settings: StageSettings, rng: random.Random, *, seed: int,
+             screen: Callable[[str], str | None] | None = None):
     ranked = rank(history)
     seen = [text_hash(p.text) for p in history]
     num_ref = round(settings.num_candidates * settings.reference_share)
     raw: list[Candidate] = []
+    rejected: list[tuple[Candidate, str]] = []
     if num_ref > 0 and reference is not None:
         meta = build_meta_prompt(description, [(p.text, p.composite) for p in history], exemplars(rng),
                                  max_history=settings.max_history)
@@ -212,14 +242,21 @@ def _propose(history, description, reference, exemplars, settings: StageSettings
         for reply in replies:
             raw.extend(Candidate(text=t, proposer="reference") for t in extract_instructions(reply)[:1])
     kept, dropped = hygiene(raw, seen=seen, max_chars=settings.max_chars)
+    kept = _screened(kept, screen, rejected)
     need = settings.num_candidates - len(kept)
     if need > 0:
         evo = evolve([p.text for p in ranked], num=need * 3, rng=rng)
         more, dropped_evo = hygiene(evo, seen=seen + [text_hash(c.text) for c in kept], max_chars=settings.max_chars)
-        kept += more[:need]
+        # screened in order until the step is full, so a rejection costs a slot only when nothing else is left
+        for cand in more:
+            if need <= 0:
+                break
+            if _screened([cand], screen, rejected):
+                kept.append(cand)
+                need -= 1
         for k, v in dropped_evo.items():
             dropped[k] = dropped.get(k, 0) + v
-    return kept, dropped
+    return kept, dropped, rejected
 
 
 def _score_step(cands, step, score: ScoreFn, sink: Sink, recall: Recall, base: dict, stage: str, *, kind: str,

@@ -32,6 +32,7 @@ from tp_harness.optimizer.budget import Budget, Projection
 from tp_harness.optimizer.candidates import Candidate
 from tp_harness.optimizer.loop import Progress, ScoredPrompt, StageSettings, eval_kind, rank, run_stage
 from tp_harness.optimizer.meta_prompt import Exemplar
+from tp_harness.optimizer.overfit import task_spans
 from tp_harness.plugin.hookspecs import OptimizerDef, Registries, Registry, hookimpl
 
 log = logging.getLogger(__name__)
@@ -346,6 +347,7 @@ def run_source_stage(ctx: RunContext) -> list[ScoredPrompt]:
         recall=recall, reference=ctx.reference, exemplars=_exemplar_fn(sources), settings=_settings(ctx, sources),
         seed=ctx.seed, progress=ctx.progress("stage 1 (source)", total) if ctx.progress else None,
         row_base={"task": label}, recall_step=lambda step: ctx.run.find(stage="source", task=label, step=step),
+        screen=task_spans([s.splits for s in sources]).reason, reject=_rejection_sink(ctx),
     )
 
 
@@ -373,7 +375,19 @@ def run_target_stage(ctx: RunContext, target: PreparedTask, seeds: Sequence[Scor
         progress=ctx.progress(f"stage 2 (target {target.name})", total) if ctx.progress else None,
         row_base={"task": target.name},
         recall_step=lambda step: ctx.run.find(stage="target", task=target.name, step=step),
+        screen=task_spans([target.splits]).reason, reject=_rejection_sink(ctx),
     )
+
+
+def _rejection_sink(ctx: RunContext) -> Callable[[dict], None]:
+    """Journal a rejected proposal once: ``--resume`` proposes the same step again and must not repeat the row."""
+
+    def reject(row: dict) -> None:
+        if not ctx.run.find(stage="rejected", of_stage=row["of_stage"], task=row["task"], step=row["step"],
+                            prompt_sha=row["prompt_sha"]):
+            ctx.run.append(row)
+
+    return reject
 
 
 def select_on_validation(ctx: RunContext, target: PreparedTask, history: Sequence[ScoredPrompt]) -> ScoredPrompt:

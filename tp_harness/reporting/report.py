@@ -137,6 +137,22 @@ def _selection_lines(run: StoredRun) -> list[str]:
                      tablefmt="github"), ""]
 
 
+def _rejection_lines(run: StoredRun) -> list[str]:
+    """The anti-overfit guard's rejections (``tp.rejected``); nothing for a run stored before the guard."""
+    rejected = run.tp.get("rejected")
+    if not isinstance(rejected, list):
+        return []
+    head = ["## Rejected proposals", "",
+            "Proposals that copy 5 or more consecutive words of the task's data are rejected before they are scored "
+            "(the anti-overfit guard)."]
+    if not rejected:
+        return [*head, "", "None this run.", ""]
+    rows = [[r.get("of_stage"), r.get("task"), r.get("step"), r.get("proposer"), _cell(str(r.get("prompt", ""))[:120]),
+             _cell(str(r.get("reason", "")))] for r in rejected if isinstance(r, dict)]
+    return [*head, "", tabulate(rows, headers=["stage", "task", "step", "proposer", "proposal", "why"],
+                                tablefmt="github", disable_numparse=True), ""]
+
+
 def _run_header(run: StoredRun, config: dict[str, Any]) -> list[str]:
     def pick(key: str) -> Any:
         value = config.get(key, run.tp.get(key))
@@ -252,6 +268,7 @@ def write_run_report(run_dir: Path, *, draw_plots: bool = True) -> list[Path]:
         *(task_tables(evaluation_rows([run]), "###") or ["No test-split evaluations.", ""]),
     ]
     lines += _selection_lines(run)
+    lines += _rejection_lines(run)
     lines += _best_prompt_lines(best, run)
 
     lines += ["## Optimization trajectory", ""]

@@ -500,6 +500,7 @@ def finish_run(ctx: RunContext, outcome: RunOutcome, *, results_root: Path,
         "search": search_cost(ctx),
         "equal_budget": config.get("equal_budget"),
         "selection": {t.task: t.selection for t in outcome.targets if t.selection is not None},
+        "rejected": _rejections(run.journal()),
     }
     hib = {e.name: e.item.higher_is_better for e in ctx.registries.metrics.entries()}
     results = lm_eval_results(evaluations=evaluations, model=config["model"], model_args=config["model_args"], tp=tp,
@@ -546,6 +547,13 @@ def _evaluation_dict(ev: Evaluation, kind: str, run: RunDir) -> dict[str, Any]:
     return {"task": ev.task, "split": ev.split, "prompt_kind": kind, "prompt": ev.instruction,
             "prompt_sha": ev.prompt_sha, "n": ev.n, "output_type": ev.mode, "metrics": ev.metrics,
             "samples_file": str(run.samples_path(ev.task, ev.split, kind).relative_to(run.path))}
+
+
+def _rejections(rows: Sequence[dict]) -> list[dict]:
+    """The anti-overfit guard's rejected proposals (journal ``stage: rejected``): stage, task, step, proposer,
+    prompt and reason each, in journal order."""
+    return [{k: r.get(k) for k in ("of_stage", "task", "step", "proposer", "prompt", "reason")}
+            for r in rows if r.get("stage") == "rejected"]
 
 
 def _trajectory(rows: Sequence[dict]) -> list[dict]:
