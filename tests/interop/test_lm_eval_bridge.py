@@ -31,12 +31,29 @@ def _digest(*parts: object) -> int:
     return int(hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest(), 16)
 
 
-def _double_lm():
+def _double_lm(*, chat: bool = False):
     """A scorer double that is an lm-eval ``LM``: answers depend only on the request's arguments, so the
-    harness and stock lm-eval get the same answer for the same prompt."""
+    harness and stock lm-eval get the same answer for the same prompt. ``chat``: it has a chat template (each
+    message rendered as ``<role>content</role>``), as an instruct model's tokenizer does."""
     from lm_eval.api.model import LM
 
+    class _Tokenizer:
+        chat_template = "<role>content</role>" if chat else None
+
+        def __call__(self, texts, add_special_tokens: bool = False) -> dict:
+            return {"input_ids": [t.split() for t in texts]}
+
     class HashLM(LM):
+        tokenizer = _Tokenizer()
+        tokenizer_name = "hash-double"
+
+        def apply_chat_template(self, chat_history, add_generation_prompt: bool = True) -> str:
+            text = "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in chat_history)
+            return text + ("<assistant>" if add_generation_prompt else "")
+
+        def chat_template(self, chat_template=False):
+            return self.tokenizer.chat_template
+
         def loglikelihood(self, requests, disable_tqdm: bool = False):
             return [(-(_digest(*r.args) % 4000) / 1000.0, False) for r in requests]
 
@@ -59,14 +76,16 @@ def _double_lm():
     return HashLM()
 
 
-def _stock_results(export_dir: Path, task: str, lm) -> dict:
-    """Run the exported task through stock lm-eval's Python API (``simple_evaluate``) with ``lm``."""
+def _stock_results(export_dir: Path, task: str, lm, *, chat: bool = False) -> dict:
+    """Run the exported task through stock lm-eval's Python API (``simple_evaluate``) with ``lm``; ``chat``:
+    with ``--apply_chat_template --fewshot_as_multiturn``, as the exported YAML's header asks."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     out = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=TaskManager(include_path=str(export_dir)),
                                   bootstrap_iters=0, log_samples=False, random_seed=None, numpy_random_seed=None,
-                                  torch_random_seed=None, fewshot_random_seed=None)
+                                  torch_random_seed=None, fewshot_random_seed=None,
+                                  apply_chat_template=chat, fewshot_as_multiturn=chat)
     return out["results"][task]
 
 
@@ -94,6 +113,37 @@ def test_stock_lm_eval_reports_the_harness_metrics_for_the_same_answers(mode, re
     assert all(ev.metrics[k] is not None for k in listed)
     if mode == "generate_until":
         assert 0 < ev.metrics["ifr"] < 1
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat-multiturn"])
+def test_stock_lm_eval_renders_the_demonstrations_as_the_harness_does(chat, registries, tmp_path):
+    """A spec's generate_until demonstration (num_fewshot 1, from the optimize split) reaches stock lm-eval through
+    the exported task: same prompts (the double answers by a hash of the whole prompt), so the same metrics."""
+    from tp_harness.backends.base import LMBackend
+    from tp_harness.evaluation.evaluator import render_context
+
+    spec = load_specs([TASK], [], registries)[0]
+    prep = prepare_task(spec, data_formats=registries.data_formats, mode="generate_until",
+                        caps={"optimize": 4, "validation": 2, "test": 24})
+    assert prep.num_fewshot == 1 and prep.demonstrations[0] not in prep.splits["optimize"]
+    lm = _double_lm(chat=chat)
+    backend = LMBackend(name="double", lm=lm, identity={"backend": "double"})
+    context = render_context(prep, backend, instruction=INSTRUCTION, split="test", doc_id=0)
+    demo = f"Answer: {prep.demonstrations[0]['label']}\nConfidence: 90%"
+    assert context.count("Sentence: ") == 2 and demo in context
+    if chat:  # the demonstration is an earlier user/assistant turn, the instruction the system message
+        assert context.startswith(f"<system>{INSTRUCTION}") and f"<assistant>{demo}</assistant><user>" in context
+    (ev,) = evaluate_jobs(backend, [EvalJob(prep, "test", INSTRUCTION)], metrics=registries.metrics)
+    export_prepared_task(tmp_path / "lm_eval_tasks", prep, {"best": INSTRUCTION}, registries, chat_template=chat)
+    exported = (tmp_path / "lm_eval_tasks" / f"{TASK}__tp_best.yaml").read_text()
+    assert "num_fewshot: 1" in exported and "sampler: first_n" in exported
+    assert ("--fewshot_as_multiturn" in exported.splitlines()[1]) is chat
+
+    stock = _stock_results(tmp_path / "lm_eval_tasks", f"{TASK}__tp_best", lm, chat=chat)
+
+    for key in ("acc", "ifr", "ece", "auroc", "pr_p", "pr_n"):
+        assert stock[f"{key},none"] == pytest.approx(ev.metrics[key], abs=1e-9), key
+    assert 0 < ev.metrics["ifr"] < 1 and 0 < ev.metrics["acc"] < 1
 
 
 def test_every_tp_metric_and_the_composite_are_registered_with_lm_eval():
@@ -163,12 +213,12 @@ def test_an_exported_task_naming_an_unregistered_metric_says_which_plugin_is_mis
 
 
 def _stock_cli(run_tasks: Path, tasks: list[str], checkpoint: str, out: Path, *, chat: bool) -> tuple[dict, dict[str, list[dict]]]:
-    """``lm-eval run`` in a subprocess on exported tasks (``--apply_chat_template`` when ``chat``, as the export
-    says); returns its results and its logged samples per task."""
+    """``lm-eval run`` in a subprocess on exported tasks (``--apply_chat_template --fewshot_as_multiturn`` when
+    ``chat``, as the export's header says); returns its results and its logged samples per task."""
     proc = subprocess.run(
         [sys.executable, "-m", "lm_eval", "run", "--model", "hf", "--model_args",
          f"pretrained={checkpoint},dtype=float32", "--device", "cpu", "--include_path", str(run_tasks),
-         "--tasks", *tasks, *(["--apply_chat_template"] if chat else []), "--batch_size", "16",
+         "--tasks", *tasks, *(["--apply_chat_template", "--fewshot_as_multiturn"] if chat else []), "--batch_size", "16",
          "--output_path", str(out), "--log_samples"],
         capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
@@ -252,6 +302,9 @@ def test_exported_tasks_report_acc_ifr_ece_of_the_harness_in_stock_lm_eval_cli(t
     gen_dir = tmp_path / "gen_tasks"
     assert ev.chat_template  # auto: generate_until with the chat template (an instruct model)
     export_prepared_task(gen_dir, prep, {"best": best}, registries, chat_template=ev.chat_template)
+    exported = (gen_dir / f"{TASK}__tp_best.yaml").read_text()
+    assert prep.num_fewshot == 1 and "num_fewshot: 1" in exported  # the spec's one demonstration, from optimize
+    assert "WITH --apply_chat_template --fewshot_as_multiturn" in exported.splitlines()[1]
     stock_gen, logged_gen = _stock_cli(gen_dir, [f"{TASK}__tp_best"], checkpoint, tmp_path / "stock_gen", chat=True)
     ev_dict = {"metrics": ev.metrics, "n": ev.n}
     samples = [{"doc_id": r.doc_id, "parsed_answer": r.parsed_answer, "gold": r.gold, "correct": r.correct,
@@ -261,3 +314,5 @@ def test_exported_tasks_report_acc_ifr_ece_of_the_harness_in_stock_lm_eval_cli(t
     _check_against_harness(row, logged_gen[f"{TASK}__tp_best"], ev_dict, samples)
     responses = [s["ifr"]["response"] for s in sorted(logged_gen[f"{TASK}__tp_best"], key=lambda s: s["doc_id"])]
     assert responses == [r.response for r in ev.records]  # the same generations, character for character
+    demo = f"Answer: {prep.demonstrations[0]['label']}\nConfidence: 90%"
+    assert all(json.dumps(demo)[1:-1] in json.dumps(s["arguments"]) for s in logged_gen[f"{TASK}__tp_best"])

@@ -123,7 +123,7 @@ def test_paired_delta_interval_pairs_docs_by_id() -> None:
 
 
 def _write_run(root: Path, run_id: str, *, model: str, mode: str, task: str, kinds: dict[str, float],
-               budget: str = "smoke", seed: int = 0, n: int = 40) -> Path:
+               budget: str = "smoke", seed: int = 0, n: int = 40, output_type: str | None = None) -> Path:
     """A run whose stored composites are reproducible from its samples (acc drives the composite)."""
     run_dir = root / "runs" / run_id
     (run_dir / "samples").mkdir(parents=True)
@@ -136,7 +136,8 @@ def _write_run(root: Path, run_id: str, *, model: str, mode: str, task: str, kin
         (run_dir / rel).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         metrics = _reference_metrics(rows)
         evaluations.append({"task": task, "split": "test", "prompt_kind": kind, "prompt": f"{kind} prompt", "n": n,
-                            "prompt_sha": kind[:8], "metrics": metrics, "samples_file": rel})
+                            "prompt_sha": kind[:8], "metrics": metrics, "samples_file": rel,
+                            **({"output_type": output_type} if output_type else {})})
     tp = {"run_id": run_id, "model": model, "mode": mode, "budget": budget, "seed": seed, "targets": [task],
           "sources": [] if mode == "no_transfer" else ["mmlu_general", "commonsenseqa"], "evaluations": evaluations}
     (run_dir / "results.json").write_text(json.dumps({"results": {}, "date": 1.0, "tp": tp}), encoding="utf-8")
@@ -295,3 +296,22 @@ def test_across_seeds_aggregates_mean_per_seed_and_a_two_level_interval(tmp_path
     line = next(x for x in section.splitlines() if x.startswith("| m1"))
     assert "s0 +" in line and "s1 +" in line and "s2 +" in line and f"{s.mean:+.3f}*" in line
 
+
+
+def test_a_task_scored_as_generated_answers_is_its_own_dataset(tmp_path: Path) -> None:
+    """The same task in multiple_choice and generate_until never shares a cell, a table or a seed mean."""
+    from tp_harness.reporting.leaderboard_data import seed_summaries
+
+    root = tmp_path / "results"
+    for seed in (0, 1):
+        _write_run(root, f"mc-s{seed}", model="m1", mode="two_stage", task="fpb", seed=seed,
+                   kinds={"original": 0.3, "best_target": 0.5}, output_type="multiple_choice")
+        _write_run(root, f"gen-s{seed}", model="m1", mode="two_stage", task="fpb", seed=seed,
+                   kinds={"original": 0.2, "best_target": 0.25}, output_type="generate_until")
+    runs, _ = load_results(root)
+    rows = evaluation_rows(runs)
+    assert set(overview_cells(rows)) == {("m1", "fpb"), ("m1", "fpb (generate_until)")}
+    assert set(seed_summaries(rows)) == {("m1", "fpb", "two_stage", "smoke"),
+                                         ("m1", "fpb (generate_until)", "two_stage", "smoke")}
+    md = build_leaderboard(runs, rows=rows)
+    assert "## fpb\n" in md and "## fpb (generate_until)\n" in md

@@ -18,6 +18,9 @@ def test_run_ids_are_deterministic_and_filesystem_safe() -> None:
     rid = sweep_run_id("embedded:gemma3-270m", "financial_phrasebank", "no_transfer", budget="smoke", seed=3)
     assert rid == "sweep-embedded-gemma3-270m-financial_phrasebank-no_transfer-smoke-s3"
     assert sweep_run_id("hf", "t/x", "two_stage", budget="light", seed=0) == "sweep-hf-t-x-two_stage-light-s0"
+    # the same grid scored in another output type gets its own runs
+    assert sweep_run_id("hf", "t", "two_stage", budget="light", seed=0, output_type="generate_until") == \
+        "sweep-hf-t-two_stage-light-generate_until-s0"
 
 
 def test_plan_is_models_x_targets_x_modes_in_order() -> None:

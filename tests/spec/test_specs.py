@@ -323,6 +323,20 @@ def test_minimal_spec_loads(tmp_path: Path) -> None:
         ),
         # missing data file
         ("files: [rows.jsonl]", "files: [rows.jsonl, nope.jsonl]", "13: tp.data.files[1]: file not found: "),
+        # few-shot demonstrations: how they render is the spec's; which docs they are is tp-harness's
+        ('      doc_to_target: "{{a}}"\n', '      doc_to_target: "{{a}}"\n      num_fewshot: 1\n',
+         "19: tp.modes.generate_until.num_fewshot: 1 demonstrations leave no optimize doc to score"),
+        ('      doc_to_target: "{{a}}"\n', '      doc_to_target: "{{a}}"\n      num_fewshot: -1\n',
+         "19: tp.modes.generate_until.num_fewshot: expected a number >= 0, got integer -1"),
+        ('      doc_to_target: "{{a}}"\n', '      doc_to_target: "{{a}}"\n      fewshot_config: {split: test}\n',
+         "19: tp.modes.generate_until.fewshot_config.split: not allowed here: tp-harness draws the demonstrations"),
+        ('      doc_to_target: "{{a}}"\n', '      doc_to_target: "{{a}}"\n      fewshot_config: {doc_to_targt: x}\n',
+         "19: tp.modes.generate_until.fewshot_config.doc_to_targt: unknown key (did you mean doc_to_target?)"),
+        ('      doc_to_target: "{{a}}"\n',
+         '      doc_to_target: "{{a}}"\n      fewshot_config: {doc_to_target: "{{ a.__class__ }}"}\n',
+         "19: tp.modes.generate_until.fewshot_config.doc_to_target: refused by the template sandbox"),
+        ("output_type: multiple_choice\n", "output_type: multiple_choice\nfewshot_split: test\n",
+         "3: fewshot_split: demonstrations never come from the 'test' split"),
         # bad YAML
         ("  role: target", "   role: target", "8: (yaml): invalid YAML: mapping values are not allowed here"),
         ("  role: target", "  role: target\n  role: source", "9: tp.role: duplicate key (first at line 8)"),

@@ -56,6 +56,10 @@ class PreparedTask:
     :ivar splits: ``{"optimize" | "validation" | "test": [doc, ...]}`` (seeded, disjoint; see data.split_docs).
     :ivar mode: ``multiple_choice`` (loglikelihood) or ``generate_until`` (verbalized answer + confidence).
     :ivar chat_template: the rendering setting, ``auto``, ``on`` or ``off`` (see :func:`uses_chat_template`).
+    :ivar demonstrations: the few-shot demonstrations shown before every question (lm-eval's ``num_fewshot`` of the
+        mode, its ``first_n`` sampler over these docs): the last ``num_fewshot`` docs of the spec's whole optimize
+        split, never scored (they are taken out of ``splits["optimize"]``), never from validation or test.
+        With the chat template they are earlier user/assistant turns (lm-eval's ``fewshot_as_multiturn``).
     """
 
     spec: TaskSpec
@@ -65,11 +69,26 @@ class PreparedTask:
     answer_format: AnswerFormat | None
     weights: dict[str, float]
     chat_template: str = "auto"
+    demonstrations: tuple[dict, ...] = ()
     _contexts: dict[tuple[str, str, int, bool], str] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def num_fewshot(self) -> int:
+        """How many demonstrations precede each question (0: zero-shot)."""
+        return len(self.demonstrations)
+
+    def fewshot_fields(self) -> dict[str, Any]:
+        """The lm-eval fields that reproduce the demonstrations in stock lm-eval (``num_fewshot`` and a
+        ``fewshot_config`` with the ``first_n`` sampler over the demonstration docs); empty when zero-shot."""
+        if not self.demonstrations:
+            return {}
+        config = dict(self.spec.lm_eval_config(self.mode).get("fewshot_config") or {})
+        config.update(sampler="first_n", samples=[dict(d) for d in self.demonstrations])
+        return {"num_fewshot": self.num_fewshot, "fewshot_config": config}
 
     def docs(self, split: str) -> list[dict]:
         if split not in self.splits:
@@ -115,12 +134,23 @@ def prepare_task(
     _check_sizes(spec, len(all_docs))
     full = split_indices(spec, len(all_docs))
     capped = split_indices(spec, len(all_docs), caps=caps)
+    shots = int(config.pop("num_fewshot", None) or 0)
+    demo_ids = list(full["optimize"][len(full["optimize"]) - shots:]) if shots else []
+    if demo_ids:  # the demonstrations are never scored
+        capped = {**capped, "optimize": [i for i in capped["optimize"] if i not in set(demo_ids)]}
+    demonstrations = tuple(dict(all_docs[i]) for i in demo_ids)
     splits = {name: [all_docs[i] for i in indices] for name, indices in capped.items()}
     dataset = datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in splits.items() if v})
     for key in ("dataset_path", "dataset_name", "dataset_kwargs", "training_split", "validation_split",
                 "fewshot_split", "description"):
         config.pop(key, None)
     config.update(custom_dataset=lambda **_: dataset, test_split="test", metadata={"version": 1.0})
+    if demonstrations:
+        config["num_fewshot"] = shots
+        config["fewshot_config"] = {**(config.get("fewshot_config") or {}), "sampler": "first_n",
+                                    "samples": [dict(d) for d in demonstrations]}
+    else:
+        config.pop("fewshot_config", None)
     if capped["test"]:  # lm-eval renders the first test doc while it builds the task: check it first
         first = capped["test"][0]
         check_first_doc(spec, config, mode=mode, doc=all_docs[first], origin=rows[first][:2])
@@ -130,7 +160,7 @@ def prepare_task(
     docs = {k: [dict(d) for d in dataset[k]] if k in dataset else [] for k in SPLITS}
     w = dict(weights or spec.tp.metric_weights or DEFAULT_WEIGHTS)
     return PreparedTask(spec=spec, mode=mode, task=task, splits=docs, answer_format=spec.answer_format(mode),
-                        weights=w, chat_template=chat)
+                        weights=w, chat_template=chat, demonstrations=demonstrations)
 
 
 def _check_sizes(spec: TaskSpec, num_docs: int) -> None:
@@ -167,14 +197,17 @@ def render_context(prepared: PreparedTask, backend: LMBackend, *, instruction: s
 
     The instruction plus ``"\n\n"`` is placed exactly where an exported task's ``description``
     (``TaskSpec.lm_eval_config(instruction=...)``) puts it: the system message with the chat template,
-    a plain-text prefix without it (:func:`uses_chat_template` decides).
+    a plain-text prefix without it (:func:`uses_chat_template` decides). The task's demonstrations
+    (:attr:`PreparedTask.demonstrations`) follow it: with the chat template as earlier user/assistant turns
+    (lm-eval's ``fewshot_as_multiturn``, its default with ``--apply_chat_template``), without it as text.
     """
     use_chat = uses_chat_template(prepared, backend)
     key = (instruction, split, doc_id, use_chat)
     if key not in prepared._contexts:
         doc = prepared.splits[split][doc_id]
         prepared._contexts[key] = prepared.task.fewshot_context(
-            doc, 0, system_instruction=instruction + "\n\n" if instruction else None, apply_chat_template=use_chat,
+            doc, prepared.num_fewshot, system_instruction=instruction + "\n\n" if instruction else None,
+            apply_chat_template=use_chat, fewshot_as_multiturn=use_chat,
             chat_template=backend.apply_chat_template if use_chat else None,
         )
     return prepared._contexts[key]

@@ -108,7 +108,10 @@ def export_task_yaml(
     :param answer_format: the ``generate_until`` parser (``AnswerFormat.model_dump()``); required for that mode.
     :param apply_chat_template: whether the harness rendered the prompts with the chat template. lm-eval takes that
         as a run flag, not a task field: the YAML records it (``metadata.tp_apply_chat_template`` and its header
-        says whether to pass ``--apply_chat_template``), so stock lm-eval renders the prompts exactly as scored.
+        says whether to pass ``--apply_chat_template``), so stock lm-eval renders the prompts exactly as scored. A
+        config with ``num_fewshot`` and ``fewshot_config`` (``PreparedTask.fewshot_fields``) carries its demonstrations
+        inline (``first_n`` over ``samples``); with the chat template the header also asks for
+        ``--fewshot_as_multiturn`` (``metadata.tp_fewshot_as_multiturn``), as the harness renders them.
     :return: the written paths.
     :raises ValueError: ``configs`` is empty, its kinds differ in anything but ``description``, or a
         ``generate_until`` task has no ``answer_format``.
@@ -132,7 +135,12 @@ def export_task_yaml(
         doc = {"task": name, "test_split": "test", "description": config.get("description", ""), **base,
                "metadata": {"version": 1.0, "tp_prompt_kind": kind, "tp_apply_chat_template": apply_chat_template}}
         body = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=1000)
+        shots = int(config.get("num_fewshot") or 0)
         how = "WITH --apply_chat_template" if apply_chat_template else "WITHOUT --apply_chat_template"
+        if apply_chat_template and shots:
+            how += " --fewshot_as_multiturn"
+        if shots:
+            doc["metadata"]["tp_fewshot_as_multiturn"] = bool(apply_chat_template)
         header = (f"# exported by tp-harness: task {task!r}, prompt {kind!r}\n"
                   f"# scored {how} (the instruction is {'the system message' if apply_chat_template else 'a plain-text prefix'}); "
                   f"run stock lm-eval {how} to reproduce it\n"

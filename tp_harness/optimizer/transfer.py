@@ -347,7 +347,7 @@ def run_source_stage(ctx: RunContext) -> list[ScoredPrompt]:
         recall=recall, reference=ctx.reference, exemplars=_exemplar_fn(sources), settings=_settings(ctx, sources),
         seed=ctx.seed, progress=ctx.progress("stage 1 (source)", total) if ctx.progress else None,
         row_base={"task": label}, recall_step=lambda step: ctx.run.find(stage="source", task=label, step=step),
-        screen=task_spans([s.splits for s in sources]).reason, reject=_rejection_sink(ctx),
+        screen=task_spans([_data_of(s) for s in sources]).reason, reject=_rejection_sink(ctx),
     )
 
 
@@ -375,8 +375,13 @@ def run_target_stage(ctx: RunContext, target: PreparedTask, seeds: Sequence[Scor
         progress=ctx.progress(f"stage 2 (target {target.name})", total) if ctx.progress else None,
         row_base={"task": target.name},
         recall_step=lambda step: ctx.run.find(stage="target", task=target.name, step=step),
-        screen=task_spans([target.splits]).reason, reject=_rejection_sink(ctx),
+        screen=task_spans([_data_of(target)]).reason, reject=_rejection_sink(ctx),
     )
+
+
+def _data_of(prep: PreparedTask) -> dict[str, Sequence[dict]]:
+    """The docs the anti-overfit guard checks proposals against: every split, and the few-shot demonstrations."""
+    return {**prep.splits, "demonstrations": list(prep.demonstrations)}
 
 
 def _rejection_sink(ctx: RunContext) -> Callable[[dict], None]:

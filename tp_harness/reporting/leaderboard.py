@@ -101,8 +101,8 @@ def task_tables(rows: Sequence[Row], heading: str) -> list[str]:
     composite 95% CI, n; 3 decimals, ``n/a`` for undefined values.
     """
     lines: list[str] = []
-    for task in sorted({r.task for r in rows}):
-        cells = [_table_cells(r) for r in rows if r.task == task]
+    for task in sorted({r.dataset for r in rows}):
+        cells = [_table_cells(r) for r in rows if r.dataset == task]
         lines += [f"{heading} {task}", "",
                   tabulate(cells, headers=TABLE_HEADERS, tablefmt="github", disable_numparse=True), ""]
     return lines

@@ -68,6 +68,13 @@ class Row:
     acc_ci: tuple[float, float] | None = None
     composite_ci: tuple[float, float] | None = None
     samples: SampleArrays | None = field(default=None, compare=False, repr=False)
+    output_type: str | None = None
+
+    @property
+    def dataset(self) -> str:
+        """The leaderboard's dataset label: the task, with ``(generate_until)`` when it was scored that way, so
+        the same task scored as loglikelihoods and as generated answers never share a table cell or a mean."""
+        return self.task if self.output_type in (None, "multiple_choice") else f"{self.task} ({self.output_type})"
 
     @property
     def composite(self) -> float | None:
@@ -125,8 +132,9 @@ def evaluation_rows(runs: Sequence[StoredRun], *, with_ci: bool = True) -> list[
                 composite_ci = cis["composite"] if _composite_recomputable(samples, metrics) else None
             row = Row(run=run, task=task, kind=kind, n=n if isinstance(n, int) and not isinstance(n, bool) else None,
                       metrics=metrics, prompt=str(ev.get("prompt", "")), prompt_sha=str(ev.get("prompt_sha", "")),
-                      acc_ci=acc_ci, composite_ci=composite_ci, samples=samples)
-            keyed.append(((task, run.model, run.run_id, _kind_order(kind)), row))
+                      acc_ci=acc_ci, composite_ci=composite_ci, samples=samples,
+                      output_type=str(ev["output_type"]) if ev.get("output_type") else None)
+            keyed.append(((row.dataset, run.model, run.run_id, _kind_order(kind)), row))
     return [row for _, row in sorted(keyed, key=lambda kr: kr[0])]
 
 
@@ -140,7 +148,7 @@ def _group(rows: Sequence[Row]) -> dict[tuple[str, str], list[Row]]:
     """Rows by (run id, task)."""
     out: dict[tuple[str, str], list[Row]] = {}
     for r in rows:
-        out.setdefault((r.run.run_id, r.task), []).append(r)
+        out.setdefault((r.run.run_id, r.dataset), []).append(r)
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -185,10 +186,12 @@ def _reproduce_lines(run_dir: Path, run: StoredRun, config: dict[str, Any]) -> l
     lines += ["", "## Reproduce with stock lm-eval", "", "```bash"]
     for task in run.targets or sorted({str(e.get("task")) for e in run.evaluations}):
         chat = chat_by_task.get(task, legacy_chat)
+        exported = export_dir / f"{task}__tp_best.yaml"
+        shots = exported.is_file() and re.search(r"^num_fewshot: [1-9]", exported.read_text(encoding="utf-8"), re.M)
         lines.append(
             f"lm-eval run --model hf --model_args pretrained={checkpoint},dtype={dtype} --device {device} "
             f"--include_path {run_dir}/lm_eval_tasks --tasks {task}__tp_best {task}__tp_original"
-            + (" --apply_chat_template" if chat else "")
+            + (" --apply_chat_template" if chat else "") + (" --fewshot_as_multiturn" if chat and shots else "")
         )
     return [*lines, "```", ""]
 

@@ -527,7 +527,12 @@ def export_prepared_task(export_dir: Path, prep: PreparedTask, prompts: Mapping[
 
     :return: the written paths.
     """
-    configs = {kind: prep.spec.lm_eval_config(prep.mode, instruction=text) for kind, text in prompts.items()}
+    configs = {}
+    for kind, text in prompts.items():
+        config = prep.spec.lm_eval_config(prep.mode, instruction=text)
+        for key in ("num_fewshot", "fewshot_config"):
+            config.pop(key, None)
+        configs[kind] = {**config, **prep.fewshot_fields()}  # the demonstrations exactly as the harness showed them
     return export_task_yaml(export_dir, task=prep.name, configs=configs, test_docs=prep.splits["test"],
                             metric_defs={e.name: e.item for e in registries.metrics.entries()}, weights=prep.weights,
                             answer_format=prep.answer_format.model_dump() if prep.answer_format else None,

@@ -94,12 +94,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
 
-def sweep_run_id(model: str, target: str, mode: str, *, budget: str, seed: int) -> str:
-    """``sweep-<model>-<target>-<mode>-<budget>-s<seed>``, filesystem-safe (``:`` and ``/`` become ``-``).
+def sweep_run_id(model: str, target: str, mode: str, *, budget: str, seed: int, output_type: str | None = None) -> str:
+    """``sweep-<model>-<target>-<mode>-<budget>-s<seed>``, filesystem-safe (``:`` and ``/`` become ``-``); with an
+    ``output_type`` (``--output-type``) ``sweep-<model>-<target>-<mode>-<budget>-<output_type>-s<seed>``, so the
+    same grid scored in another mode gets its own runs.
 
     Deterministic, so a re-run of the same sweep finds its run directories.
     """
-    return _slug(f"sweep-{model}-{target}-{mode}-{budget}-s{seed}")
+    kind = f"-{output_type}" if output_type else ""
+    return _slug(f"sweep-{model}-{target}-{mode}-{budget}{kind}-s{seed}")
 
 
 def plan_sweep(settings: SweepSettings) -> list[SweepItem]:
@@ -119,8 +122,8 @@ def plan_sweep(settings: SweepSettings) -> list[SweepItem]:
     unknown = [m for m in settings.modes if m not in ABLATION_MODES]
     if unknown:
         raise UsageError(f"--modes: {', '.join(unknown)} is not a mode; use one of {', '.join(ABLATION_MODES)}")
-    return [SweepItem(model, target, mode, sweep_run_id(model, target, mode, budget=settings.run.budget, seed=seed),
-                      seed=seed)
+    return [SweepItem(model, target, mode, sweep_run_id(model, target, mode, budget=settings.run.budget, seed=seed,
+                                                        output_type=settings.run.scoring_mode), seed=seed)
             for model in settings.models for target in settings.targets for mode in settings.modes for seed in seeds]
 
 

@@ -62,6 +62,11 @@ LM_EVAL_LOADER = "tp_harness.lm_eval_dataset.load"
 LM_EVAL_SPLITS: tuple[str, ...] = SPLITS
 
 #: lm-eval fields that lm-eval renders as Jinja templates (a string naming a doc field is a template too).
+#: lm-eval fewshot_config keys a spec may set: how a demonstration is rendered
+FEWSHOT_RENDERING: tuple[str, ...] = ("doc_to_text", "doc_to_target", "doc_to_choice", "gen_prefix",
+                                      "fewshot_delimiter", "target_delimiter")
+#: lm-eval fewshot_config keys tp-harness sets itself (which docs are demonstrations)
+FEWSHOT_CHOSEN_BY_TP: tuple[str, ...] = ("split", "samples", "sampler", "process_docs", "fewshot_indices")
 TEMPLATE_FIELDS: tuple[str, ...] = ("doc_to_text", "doc_to_target", "doc_to_choice", "gen_prefix",
                                     "doc_to_decontamination_query", "description")
 
@@ -195,6 +200,28 @@ class _LmEvalFields(BaseModel):
     gen_prefix: str | None = None
     generation_kwargs: dict[str, Any] | None = None
     metric_list: list[dict[str, Any]] | None = None
+    num_fewshot: int | None = Field(default=None, ge=0, description="demonstrations before each question "
+                                    "(lm-eval's num_fewshot; drawn from the optimize split, never validation or test)")
+    fewshot_config: dict[str, Any] | None = Field(
+        default=None, description="lm-eval's fewshot_config: how a demonstration is rendered (doc_to_target, ...)")
+
+    @field_validator("fewshot_config")
+    @classmethod
+    def _fewshot_rendering_only(cls, config: dict[str, Any] | None) -> dict[str, Any] | None:
+        if config is None:
+            return config
+        for key, value in config.items():
+            if key in FEWSHOT_CHOSEN_BY_TP:
+                raise _LocatedError(
+                    "not allowed here: tp-harness draws the demonstrations itself (the last num_fewshot docs of the "
+                    "optimize split, so they are never scored, validated or tested); keep only how they are "
+                    f"rendered: {', '.join(FEWSHOT_RENDERING)}", key)
+            if key not in FEWSHOT_RENDERING:
+                raise _LocatedError(f"unknown key{_did_you_mean(key, FEWSHOT_RENDERING)}; expected one of "
+                                    f"{', '.join(FEWSHOT_RENDERING)}", key)
+            if not isinstance(value, str):
+                raise _LocatedError(f"expected a string, got {type(value).__name__}", key)
+        return config
 
 
 class ModeOverride(_LmEvalFields):
@@ -338,12 +365,22 @@ class _SpecDocument(_LmEvalFields):
                         check_template(value)
                     except TemplateProblem as err:
                         raise _LocatedError(str(err), *where, name) from None
+            for name, value in (fields.get("fewshot_config") or {}).items():
+                if name in TEMPLATE_FIELDS and isinstance(value, str):
+                    try:
+                        check_template(value)
+                    except TemplateProblem as err:
+                        raise _LocatedError(str(err), *where, "fewshot_config", name) from None
         return self
 
     @model_validator(mode="after")
     def _lm_eval_splits_exist(self) -> _SpecDocument:
         """With tp-harness's ``custom_dataset``, lm-eval's split fields must name splits it returns."""
         extra = self.model_extra or {}
+        if extra.get("fewshot_split") not in (None, "optimize"):
+            raise _LocatedError(f"demonstrations never come from the {extra['fewshot_split']!r} split; use "
+                                "fewshot_split: optimize, or leave it out (tp-harness draws them from optimize)",
+                                "fewshot_split")
         if str(extra.get("custom_dataset")) != f"!function {LM_EVAL_LOADER}":
             return self
         for key in ("training_split", "validation_split", "test_split", "fewshot_split"):
@@ -390,6 +427,12 @@ class _SpecDocument(_LmEvalFields):
                 if fields.get(name) is None:
                     where = ("tp", "modes", mode, name) if override else (name,)
                     raise _LocatedError(f"missing required field for output_type {mode}", *where)
+            shots = fields.get("num_fewshot") or 0
+            if shots >= self.tp.splits.optimize:
+                where = ("tp", "modes", mode, "num_fewshot") if override and "num_fewshot" in override.overrides \
+                    else ("num_fewshot",)
+                raise _LocatedError(f"{shots} demonstrations leave no optimize doc to score: the optimize split holds "
+                                    f"{self.tp.splits.optimize} (tp.splits.optimize); use fewer", *where)
         return self
 
 
