@@ -315,3 +315,27 @@ def test_a_task_scored_as_generated_answers_is_its_own_dataset(tmp_path: Path) -
                                          ("m1", "fpb (generate_until)", "two_stage", "smoke")}
     md = build_leaderboard(runs, rows=rows)
     assert "## fpb\n" in md and "## fpb (generate_until)\n" in md
+
+
+def test_findings_say_which_differences_are_significant_and_compare_transfer_with_direct(tmp_path: Path) -> None:
+    """Issue 18 item 8: the Findings table, built from the seed summaries and the two-stage vs no-transfer pairs."""
+    from tp_harness.reporting.leaderboard_data import transfer_comparisons
+
+    root = tmp_path / "results"
+    for seed in (0, 1, 2):
+        _write_run(root, f"two-s{seed}", model="m1", mode="two_stage", task="fpb", seed=seed,
+                   kinds={"original": 0.3, "best_target": 0.7})
+        _write_run(root, f"none-s{seed}", model="m1", mode="no_transfer", task="fpb", seed=seed,
+                   kinds={"original": 0.3, "best_target": 0.3 + 0.025 * seed})
+    runs, _ = load_results(root)
+    rows = evaluation_rows(runs)
+    (key, t), = transfer_comparisons(rows).items()
+    assert key == ("m1", "fpb", "smoke") and t.seeds == ("0", "1", "2") and not t.equal_budget
+    assert t.mean == pytest.approx(sum(t.per_seed.values()) / 3) and t.ci[0] > 0  # transfer clearly better here
+    md = build_leaderboard(runs, rows=rows)
+    section = md.split("## Findings")[1].split("## Runs")[0]
+    line = next(x for x in section.splitlines() if x.startswith("| m1"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:4] == ["m1", "fpb", "smoke", "3"]
+    assert cells[4].endswith(", gain") and cells[5].endswith(", noise") and cells[6] == ""
+    assert cells[7].endswith("transfer better (unequal budgets)")

@@ -32,6 +32,7 @@ from tp_harness.reporting.leaderboard_data import (
     optimized_row,
     overview_cells,
     seed_summaries,
+    transfer_comparisons,
 )
 from tp_harness.reporting.plots import plot_ablation, plot_overview
 from tp_harness.store.stored_runs import StoredRun, fmt_value, is_number, load_results, md_cell
@@ -173,6 +174,43 @@ def _seed_lines(rows: Sequence[Row]) -> list[str]:
             tabulate(body, headers=headers, tablefmt="github", disable_numparse=True), ""]
 
 
+def _verdict(mean: float | None, ci: tuple[float, float] | None, *, better: str, worse: str) -> str:
+    """``+0.245 [+0.200, +0.286], <better>`` when the interval is above 0, ``<worse>`` below, else "noise"."""
+    if mean is None or ci is None:
+        return "n/a" if mean is None else f"{mean:+.3f} (no interval)"
+    word = better if ci[0] > 0 else worse if ci[1] < 0 else "noise"
+    return f"{mean:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}], {word}"
+
+
+def _findings_lines(rows: Sequence[Row]) -> list[str]:
+    summaries = seed_summaries(rows)
+    transfers = transfer_comparisons(rows)
+    keys = sorted({(m, t, b) for (m, t, _mode, b) in summaries} | set(transfers))
+    if not keys:
+        return []
+    body = []
+    for model, task, budget in keys:
+        line = [md_cell(model), md_cell(task), md_cell(budget)]
+        seeds: set[str] = set()
+        for mode in ABLATION_MODES:
+            s = summaries.get((model, task, mode, budget))
+            seeds |= set(s.seeds) if s else set()
+            line.append(_verdict(s.mean, s.ci, better="gain", worse="loss") if s else "")
+        t = transfers.get((model, task, budget))
+        line.append(_verdict(t.mean, t.ci, better="transfer better", worse="direct better")
+                    + ("" if t.equal_budget else " (unequal budgets)") if t else "")
+        body.append([*line[:3], str(len(seeds | set(t.seeds if t else ()))), *line[3:]])
+    headers = ["model", "dataset", "budget", "seeds", "two-stage vs original", "no transfer vs original",
+               "source only vs original", "two-stage minus no transfer"]
+    return ["## Findings", "",
+            "What the runs with two or more seeds show, read off the \"Across seeds\" table: each mode's mean paired "
+            "test-composite difference against the original instruction, and two-stage against no transfer (the "
+            "paper's claim that transfer beats direct optimization; both final prompts on the same test docs), each "
+            "with its two-level 95% interval over seeds and docs. A difference counts only when the interval "
+            "excludes 0; otherwise it is \"noise\", whatever its sign.", "",
+            tabulate(body, headers=headers, tablefmt="github", disable_numparse=True), ""]
+
+
 def _ablation_lines(rows: Sequence[Row], figure: str | None) -> list[str]:
     groups = ablation_groups(rows)
     if not groups:
@@ -258,7 +296,9 @@ def build_leaderboard(
         datasets); one ``## <task>`` table per dataset (columns model, run, mode, prompt, ACC, IFR,
         ECE, AUROC, PR-P, PR-N, composite, ACC 95% CI, composite 95% CI, n; rows sorted by model, run
         id and prompt kind original < best source < best target); "Ablation" when a model/dataset has
-        two or more modes; "Across seeds" when a (model, dataset, mode, budget) has two or more seeds; "Runs" with links; "Skipped". Deterministic: same inputs, same bytes.
+        two or more modes; "Across seeds" when a (model, dataset, mode, budget) has two or more seeds; "Findings"
+        (each mode against the original and two-stage against no transfer, significant or noise) from those;
+        "Runs" with links; "Skipped". Deterministic: same inputs, same bytes.
     """
     rows = evaluation_rows(runs) if rows is None else rows
     figures = figures or {}
@@ -268,6 +308,7 @@ def build_leaderboard(
         lines += task_tables(rows, "##")
         lines += _ablation_lines(rows, figures.get("ablation"))
         lines += _seed_lines(rows)
+        lines += _findings_lines(rows)
     else:
         lines += ["No test-split evaluations found.", ""]
     lines += _runs_lines(runs, link_base)

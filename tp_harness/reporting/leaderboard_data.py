@@ -265,3 +265,56 @@ def seed_summaries(rows: Sequence[Row]) -> dict[tuple[str, str, str, str], SeedS
             mean=sum(values) / len(values) if values else None,
             ci=seeds_and_docs_interval(dists, seed=_seed(*key)) if dists else None, kept=kept)
     return out
+
+
+@dataclass(frozen=True)
+class TransferComparison:
+    """Two-stage against no transfer on one (model, dataset, budget), over the seeds both modes ran: the paper's
+    claim that transfer beats direct optimization, measured on the test split.
+
+    :ivar per_seed: ``{seed: two_stage final composite - no_transfer final composite}`` (the same test docs).
+    :ivar mean: their mean; ``ci`` its two-level 95% interval (seeds, then docs; :func:`seeds_and_docs_interval`).
+    :ivar equal_budget: whether every no-transfer run was given two-stage's search budget (``--equal-budget``).
+    """
+
+    seeds: tuple[str, ...]
+    n: int | None
+    per_seed: dict[str, float | None]
+    mean: float | None
+    ci: tuple[float, float] | None
+    equal_budget: bool
+
+
+def transfer_comparisons(rows: Sequence[Row]) -> dict[tuple[str, str, str], TransferComparison]:
+    """``{(model, dataset, budget): TransferComparison}`` where two_stage and no_transfer share two or more seeds."""
+    finals: dict[tuple[str, str, str], dict[str, dict[str, Row]]] = {}
+    for (_, task), group in sorted(_group(rows).items()):
+        run, best = group[0].run, optimized_row(group)
+        if best is not None and run.mode in ("two_stage", "no_transfer"):
+            finals.setdefault((run.model, task, run.budget), {}).setdefault(str(run.seed), {})[run.mode] = best
+    out = {}
+    for key, by_seed in sorted(finals.items()):
+        both = {s: m for s, m in by_seed.items() if {"two_stage", "no_transfer"} <= set(m)}
+        if len(both) < 2:
+            continue
+        seeds = tuple(sorted(both, key=lambda s: (len(s), s)))
+        per_seed: dict[str, float | None] = {}
+        dists = []
+        for s in seeds:
+            direct, transfer = both[s]["no_transfer"], both[s]["two_stage"]
+            per_seed[s] = (None if direct.composite is None or transfer.composite is None
+                           else transfer.composite - direct.composite)
+            d = None
+            if direct.samples is not None and transfer.samples is not None:
+                d = paired_delta_samples(direct.samples, transfer.samples, weights=DEFAULT_WEIGHTS,
+                                         seed=_seed(key[0], key[1], direct.prompt_sha, transfer.prompt_sha, s))
+            if d is not None:
+                dists.append(d)
+        values = [v for v in per_seed.values() if v is not None]
+        ns = [both[s]["two_stage"].n for s in seeds if both[s]["two_stage"].n is not None]
+        out[key] = TransferComparison(
+            seeds=seeds, n=min(ns) if ns else None, per_seed=per_seed,
+            mean=sum(values) / len(values) if values else None,
+            ci=seeds_and_docs_interval(dists, seed=_seed(*key, "transfer")) if len(dists) == len(seeds) else None,
+            equal_budget=all(bool(both[s]["no_transfer"].run.tp.get("equal_budget")) for s in seeds))
+    return out
