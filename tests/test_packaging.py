@@ -116,6 +116,12 @@ def test_a_wheel_install_works_outside_the_repository(wheel, tmp_path):
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(system_site_packages=True, with_pip=False, symlinks=True).create(env_dir)
     python = env_dir / "bin" / "python"
+    if sys.prefix != sys.base_prefix:  # the tests run in a venv: its packages, not the base interpreter's, are "system"
+        import site
+        import sysconfig
+
+        purelib = Path(sysconfig.get_path("purelib", vars={"base": str(env_dir), "platbase": str(env_dir)}))
+        (purelib / "_tp_test_parent_site.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q",
                            str(wheel)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -243,21 +243,26 @@ def test_committed_leaderboard_regenerates_byte_for_byte(tmp_path: Path) -> None
     assert (copy / "LEADERBOARD.md").read_bytes() == (COMMITTED / "LEADERBOARD.md").read_bytes()
 
 
-def test_committed_leaderboard_has_two_models_three_datasets_both_ablations_and_valid_links() -> None:
+def test_committed_leaderboard_covers_every_paper_target_for_both_models_with_valid_links() -> None:
+    """Issue 18: both embedded models on all 9 targets of --study paper, numeric IFR in the generate_until rows,
+    the ablation table with each mode's budget, the main job's run, and every link resolving."""
+    from tp_harness.spec.studies import get_study
+    from tp_harness.store.stored_runs import is_number
+
     md = _committed_board()
     runs, problems = load_results(COMMITTED)
     assert not problems
     rows = evaluation_rows(runs, with_ci=False)
     cells = overview_cells(rows)
-    models = {m for m, _ in cells}
-    assert {"embedded:smollm2-135m", "embedded:gemma3-270m"} <= models
     for model in ("embedded:smollm2-135m", "embedded:gemma3-270m"):
-        tasks = {t for m, t in cells if m == model}
-        assert len(tasks) >= 3, (model, tasks)
-        groups = [g for (m, *_), g in ablation_groups(rows).items() if m == model]
-        assert sum(set(g) == {"two_stage", "no_transfer", "source_only"} for g in groups) >= 3, model
+        assert set(get_study("paper").targets) <= {t for m, t in cells if m == model}, model
     assert "20261202-145903-embedded-smollm2-135m-financial_phrasebank-two_stage" in md  # the main job's example run
     assert all(r.n and r.n > 0 for r in rows) and all(isinstance(r.composite, float) for r in rows)
+    generated = [r for r in rows if r.output_type == "generate_until"]
+    assert {r.task for r in generated} >= {"financial_phrasebank", "legalbench_hearsay"}
+    assert all(is_number(r.metrics.get("ifr")) for r in generated)  # IFR is a number, not n/a
+    ablation = md.split("## Ablation")[1].split("\n## ")[0]
+    assert "(generate_until)" in ablation and "cand.," in ablation and "req." in ablation  # each mode's budget
     links = re.findall(r"\]\(([^)\s]+)\)", md)
     assert any(link.endswith("trajectory.png") for link in links)
     assert any(link.endswith("reliability.png") for link in links)
@@ -339,3 +344,17 @@ def test_findings_say_which_differences_are_significant_and_compare_transfer_wit
     assert cells[:4] == ["m1", "fpb", "smoke", "3"]
     assert cells[4].endswith(", gain") and cells[5].endswith(", noise") and cells[6] == ""
     assert cells[7].endswith("transfer better (unequal budgets)")
+
+
+def test_bootstrap_of_samples_without_any_confidence_leaves_calibration_metrics_undefined() -> None:
+    """A generate_until prompt whose every reply lacks the confidence line (IFR 0): ECE, AUROC, PR-P and PR-N are
+    undefined in every resample, ACC and IFR are not (found on a committed run, where the leaderboard crashed)."""
+    from tp_harness.evaluation.bootstrap import SampleArrays, weighted_metrics
+
+    n = 6
+    arrays = SampleArrays(doc_ids=tuple(range(n)), correct=np.array([True, False] * 3),
+                          followed=np.zeros(n), confidence=np.full(n, np.nan))
+    values = weighted_metrics(arrays, np.ones((3, n)))
+    assert np.allclose(values["acc"], 0.5) and np.allclose(values["ifr"], 0.0)
+    for name in ("ece", "auroc", "pr_p", "pr_n"):
+        assert np.isnan(values[name]).all(), name

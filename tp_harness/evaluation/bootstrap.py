@@ -95,6 +95,8 @@ def _average_precision(counts: np.ndarray, scores: np.ndarray, positive: np.ndar
     Thresholds are the distinct scores, high to low; AP = sum_k (R_k - R_{k-1}) * P_k. A distinct score
     with weight 0 in a resample adds 0. NaN where a resample has no positive or no negative weight.
     """
+    if scores.size == 0:  # no sample has a confidence: undefined in every resample
+        return np.full(counts.shape[0], np.nan)
     uniq, group = np.unique(-scores, return_inverse=True)  # ascending -score == descending score
     onehot = np.zeros((scores.size, uniq.size))
     onehot[np.arange(scores.size), group] = 1.0
