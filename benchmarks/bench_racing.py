@@ -1,25 +1,31 @@
-"""Benchmark: racing (minibatch first, promote the best) against full evaluation of every candidate.
+"""Benchmark: racing against full evaluation of every candidate, paired over seeds and tasks.
 
-Runs the same optimization twice per seed on the real embedded scorer with the scorer's response cache
-off, so every scorer request reaches the model: once with racing (``minibatch`` set) and once with
-every candidate scored on the full optimize split (``minibatch=None``); same seed and budget otherwise.
-Reports per seed and in total the scorer requests the model computed (loglikelihood; the whole run,
-and the search phase alone: the optimize-split scoring that racing changes, without the validation and
-test scoring both variants share) and the test composite of the final ``best_target`` prompt.
+Runs the same optimization twice per (task, seed) on the real embedded scorer with the scorer's response cache
+off, so every scorer request reaches the model: once with racing and once with every candidate scored on the
+full optimize split (``minibatch=None``); same seed and budget otherwise. Racing is ``--race bound`` by default
+(racing on evidence: a candidate is dropped only when the paired-bootstrap upper bound of its composite minus the
+incumbent's, on the same minibatch, is below 0; ``tp_harness.optimizer.loop``) or ``--race halving`` (the best
+``promote`` per step go on, as MIPROv2). Reports per run the scorer requests the model computed (the whole run,
+and the search phase alone: the optimize-split scoring that racing changes, the incumbent's minibatch scoring
+included, without the validation and test scoring both variants share) and the test composite of the final
+``best_target`` prompt; then the mean paired difference of that test composite, racing minus full, over every
+(task, seed) pair with its 95% bootstrap CI, and the ratio of search-phase scorer calls.
 
 The reference LLM (the same embedded model) gets a view of the model with a response cache of its own
 (``--reference-cache``), so its samples are not counted as scorer calls, and a step both variants reach
 with the same meta-prompt (step 1 always) is sampled once.
 
-Usage (fp32, 2 CPU cores: about 4 minutes per seed on an idle machine, several times that on a busy one)::
+Usage (fp32, 2 idle CPU cores: about 6 minutes per (task, seed) pair, an hour for the default 2 tasks x 5 seeds)::
 
-    TP_CACHE_DIR=/tmp/tpcache python benchmarks/bench_racing.py
+    TP_CACHE_DIR=/tmp/tpcache python benchmarks/bench_racing.py --json racing.json
     python benchmarks/bench_racing.py --seeds 0 --json racing.json    # then --seeds 1, ...: the table
                                                                       # covers every run in racing.json
-    python benchmarks/bench_racing.py --quick --seeds 0     # a tiny budget: checks that it runs
+    python benchmarks/bench_racing.py --quick --seeds 0 --tasks financial_phrasebank   # checks that it runs
 
-The last line printed is the summary, e.g.
-``racing/full scorer calls = 0.42 (search phase 0.32; target <= 0.33); mean |test composite diff| = ...``.
+Targets: the mean paired test-composite difference, racing minus full, has a 95% CI that includes 0 and a mean
+above -0.01, at at most 0.5 of full evaluation's search-phase scorer calls, over >= 5 seeds on 2 tasks. The last
+line printed is the summary, e.g. ``racing (bound) vs full, 10 pairs: mean test composite diff -0.004 [95% CI
+-0.019, +0.011], search-phase scorer calls 0.46 (target: CI includes 0, mean > -0.01, calls <= 0.5): met``.
 """
 
 from __future__ import annotations
@@ -35,12 +41,18 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-#: a medium-like budget (8 candidates, promote 1, minibatch 1/8 of the optimize split) small enough for
-#: minutes per run on 2 cores
-RACING = dict(name="bench-racing", steps=3, num_candidates=8, optimize_n=32, validation_n=24, test_n=48,
-              k_source=3, finalists=2, reference_max_tokens=64, minibatch=4, promote=1, full_eval_interval=2)
+#: racing on evidence: a medium-like search (8 candidates, 3 steps) on a 64-doc optimize split, whose minibatch is
+#: max(8, 64 / 4) = 16 docs; small enough for minutes per run on 2 cores
+RACING = dict(name="bench-racing", steps=3, num_candidates=8, optimize_n=64, validation_n=32, test_n=64,
+              k_source=3, finalists=3, reference_max_tokens=64, minibatch=8, promote=1, full_eval_interval=2,
+              race="bound", race_alpha=0.05, minibatch_fraction=0.25)
+#: ``--race halving``: the setting measured before (minibatch 4 of a 32-doc split, promote 1)
+HALVING = dict(RACING, optimize_n=32, validation_n=24, test_n=48, finalists=2, minibatch=4, race="halving")
 #: ``--quick``: a short check that the benchmark runs (its numbers mean nothing)
-QUICK = dict(RACING, steps=1, num_candidates=3, optimize_n=9, validation_n=6, test_n=6, minibatch=3)
+QUICK = dict(RACING, steps=1, num_candidates=3, optimize_n=16, validation_n=6, test_n=6, minibatch=4)
+TASKS = "financial_phrasebank,legalbench_hearsay"
+TARGET_CALLS = 0.5
+TARGET_MEAN = -0.01
 
 
 def budgets(values: dict):
@@ -55,8 +67,9 @@ def setup_key(budget, *, task: str, dtype: str) -> dict:
     """What makes two runs the same run: task, dtype and the budget values that matter to its variant
     (a full run ignores the racing settings, so one full run serves every racing configuration)."""
     values = {k: v for k, v in asdict(budget).items() if k != "name"}
-    if budget.minibatch is None:
-        values = {k: v for k, v in values.items() if k not in ("promote", "full_eval_interval")}
+    if budget.minibatch is None:  # a full run ignores every racing setting
+        values = {k: v for k, v in values.items()
+                  if k not in ("promote", "full_eval_interval", "race", "race_alpha", "minibatch_fraction")}
     return {"task": task, "dtype": dtype, "budget": values}
 
 
@@ -98,44 +111,70 @@ def run_one(registries, budget, *, task: str, seed: int, results_dir: Path, dtyp
         "search_requests": round(sum(r["n"] * per_doc for r in rows if r["stage"] == "target")),
         "reference_samples": ctx.reference.issued["generate_until"],
         "full_evals": sum(1 for r in rows if r["stage"] == "target" and r.get("eval", "full") == "full"),
-        "partial_evals": sum(1 for r in rows if r.get("eval") == "partial"),
+        "partial_evals": sum(1 for r in rows if r.get("eval") in ("partial", "incumbent")),
         "test_best": evals["best_target"]["metrics"]["composite"],
         "test_original": evals["original"]["metrics"]["composite"],
         "best_prompt": evals["best_target"]["prompt"],
     }
 
 
-def report(runs: list[dict], *, task: str, dtype: str, budget: dict) -> None:
-    """Print the per-seed table, the totals and (last line) the summary ratios."""
-    print(f"racing vs full evaluation: task {task}, --no-transfer, scorer cache off, dtype {dtype}")
+def mean_ci(diffs: list[float], *, seed: int = 0, resamples: int = 10_000) -> tuple[float, float, float]:
+    """Mean of the paired differences and its 95% percentile bootstrap CI over the pairs."""
+    import numpy as np
+
+    d = np.asarray(diffs, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(resamples, d.size))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(d.mean()), float(lo), float(hi)
+
+
+def report(runs: list[dict], *, tasks: list[str], dtype: str, budget: dict) -> None:
+    """Print the per-run table, the totals and (last line) the summary against the targets."""
+    print(f"racing vs full evaluation: tasks {', '.join(tasks)}, --no-transfer, scorer cache off, dtype {dtype}")
     print(f"budget: {budget} (full: minibatch=None)")
-    head = (f"{'seed':>4} {'variant':<7} {'wall s':>7} {'scorer computed':>15} {'projected':>9} "
-            f"{'search reqs':>11} {'full/partial evals':>18} {'test best':>9} {'test orig':>9}")
+    head = (f"{'task':<22} {'seed':>4} {'variant':<7} {'wall s':>7} {'scorer computed':>15} {'projected':>9} "
+            f"{'search reqs':>11} {'full/minibatch evals':>20} {'test best':>9} {'test orig':>9}")
     print(head)
     print("-" * len(head))
     for r in runs:
         evals = f"{r['full_evals']}/{r['partial_evals']}"
-        print(f"{r['seed']:>4} {r['variant']:<7} {r['wall_s']:7.1f} {r['scorer_computed']:15d} {r['projected']:9d} "
-              f"{r['search_requests']:11d} {evals:>18} {r['test_best']:9.4f} {r['test_original']:9.4f}")
+        print(f"{r['task']:<22} {r['seed']:>4} {r['variant']:<7} {r['wall_s']:7.1f} {r['scorer_computed']:15d} "
+              f"{r['projected']:9d} {r['search_requests']:11d} {evals:>20} {r['test_best']:9.4f} "
+              f"{r['test_original']:9.4f}")
     tot = {v: [r for r in runs if r["variant"] == v] for v in ("racing", "full")}
     for v, rs in tot.items():
-        print(f"{'all':>4} {v:<7} {sum(r['wall_s'] for r in rs):7.1f} {sum(r['scorer_computed'] for r in rs):15d} "
-              f"{sum(r['projected'] for r in rs):9d} {sum(r['search_requests'] for r in rs):11d}")
-    ratio = sum(r["scorer_computed"] for r in tot["racing"]) / sum(r["scorer_computed"] for r in tot["full"])
-    search_ratio = sum(r["search_requests"] for r in tot["racing"]) / sum(r["search_requests"] for r in tot["full"])
-    pairs = list(zip(tot["racing"], tot["full"]))
-    diffs = [abs(a["test_best"] - b["test_best"]) for a, b in pairs]
+        print(f"{'all':<22} {'':>4} {v:<7} {sum(r['wall_s'] for r in rs):7.1f} "
+              f"{sum(r['scorer_computed'] for r in rs):15d} {sum(r['projected'] for r in rs):9d} "
+              f"{sum(r['search_requests'] for r in rs):11d}")
+    full = {(r["task"], r["seed"]): r for r in tot["full"]}
+    pairs = [(r, full[(r["task"], r["seed"])]) for r in tot["racing"] if (r["task"], r["seed"]) in full]
+    if not pairs:
+        print("no (task, seed) pair has both variants yet")
+        return
+    ratio = sum(a["scorer_computed"] for a, _ in pairs) / sum(b["scorer_computed"] for _, b in pairs)
+    search = sum(a["search_requests"] for a, _ in pairs) / sum(b["search_requests"] for _, b in pairs)
+    diffs = [a["test_best"] - b["test_best"] for a, b in pairs]
     same = sum(a["best_prompt"] == b["best_prompt"] for a, b in pairs)
-    print(f"same best_target prompt in {same} of {len(pairs)} seeds; |test composite diff| per seed: "
-          + ", ".join(f"{d:.4f}" for d in diffs))
-    print(f"racing/full scorer calls = {ratio:.2f} (search phase {search_ratio:.2f}; target <= 0.33); "
-          f"mean |test composite diff| = {sum(diffs) / len(diffs):.3f} (target <= 0.01)")
+    mean, lo, hi = mean_ci(diffs)
+    print(f"same best_target prompt in {same} of {len(pairs)} pairs; test composite diff (racing - full) per pair: "
+          + ", ".join(f"{d:+.4f}" for d in diffs))
+    print(f"racing/full scorer calls: whole run {ratio:.2f}, search phase {search:.2f}")
+    enough = len({s for _, s in ((a["task"], a["seed"]) for a, _ in pairs)}) >= 5 and len({a["task"] for a, _ in pairs}) >= 2
+    ok = lo <= 0.0 <= hi and mean > TARGET_MEAN and search <= TARGET_CALLS
+    verdict = ("met" if ok else "missed") + ("" if enough else " (fewer than 5 seeds on 2 tasks: not the target's "
+                                                               "protocol)")
+    print(f"racing ({budget.get('race', 'halving')}) vs full, {len(pairs)} pairs: mean test composite diff "
+          f"{mean:+.3f} [95% CI {lo:+.3f}, {hi:+.3f}], search-phase scorer calls {search:.2f} (target: CI includes 0, "
+          f"mean > {TARGET_MEAN}, calls <= {TARGET_CALLS}): {verdict}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    parser.add_argument("--task", default="financial_phrasebank", help="target task (default financial_phrasebank)")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (default 0,1,2,3,4)")
+    parser.add_argument("--tasks", default=TASKS, help=f"comma-separated target tasks (default {TASKS})")
+    parser.add_argument("--race", default="bound", choices=["bound", "halving"],
+                        help="how racing decides (default bound: racing on evidence)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--results-dir", type=Path, default=None, help="run directories (default: a temporary one)")
     parser.add_argument("--reference-cache", type=Path, default=None,
@@ -157,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     registries = build_registries()
     from tp_harness.runs.runner import build_backend
 
-    build_backend("embedded:smollm2-135m", "", registries, dtype=args.dtype, batch_size="16", cache=False)  # load once,
-    # before anything is timed (run_optimize gets the same process-wide backend back)
-    values = dict(QUICK if args.quick else RACING)
+    # the weights load once, before anything is timed (run_optimize gets the same process-wide model back)
+    build_backend("embedded:smollm2-135m", "", registries, dtype=args.dtype, batch_size="16", cache=False).lm.hflm()
+    values = dict(QUICK if args.quick else RACING if args.race == "bound" else HALVING)
     for key in ("minibatch", "promote", "full_eval_interval"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
@@ -168,25 +207,29 @@ def main(argv: list[str] | None = None) -> int:
     reference_cache = args.reference_cache or Path(tempfile.mkdtemp(prefix="bench_racing_refcache_"))
     saved = json.loads(args.json.read_text()) if args.json and args.json.is_file() else []
     runs: list[dict] = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        for budget in (racing, full):
-            key = setup_key(budget, task=args.task, dtype=args.dtype)
-            done = [r for r in saved if r["seed"] == seed and r.get("setup") == key]
-            if done:  # a finished run of the same setup: kept, not re-run
-                runs.append(done[0])
-                continue
-            tag = "" if budget.minibatch is None else f"-m{budget.minibatch}p{budget.promote}i{budget.full_eval_interval}"
-            r = run_one(registries, budget, task=args.task, seed=seed, results_dir=results_dir, dtype=args.dtype,
-                        reference_cache=reference_cache, run_id=f"{budget.name}{tag}-seed{seed}")
-            r["setup"] = key
-            runs.append(r)
-            saved.append(r)
-            print(f"  seed {seed} {r['variant']:<6} {r['wall_s']:7.1f} s  scorer computed {r['scorer_computed']:5d}  "
-                  f"test composite {r['test_best']:.4f}", file=sys.stderr, flush=True)
-            if args.json:
-                args.json.write_text(json.dumps(saved, indent=2))
+    tasks = [t for t in args.tasks.split(",") if t]
+    for task in tasks:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            for budget in (racing, full):
+                key = setup_key(budget, task=task, dtype=args.dtype)
+                done = [r for r in saved if r["seed"] == seed and r.get("setup") == key]
+                if done:  # a finished run of the same setup: kept, not re-run
+                    runs.append(done[0])
+                    continue
+                tag = "" if budget.minibatch is None else (
+                    f"-{budget.race}-m{budget.minibatch}" + (f"p{budget.promote}i{budget.full_eval_interval}"
+                                                              if budget.race == "halving" else ""))
+                r = run_one(registries, budget, task=task, seed=seed, results_dir=results_dir, dtype=args.dtype,
+                            reference_cache=reference_cache, run_id=f"{task}-{budget.name}{tag}-seed{seed}")
+                r["setup"], r["task"] = key, task
+                runs.append(r)
+                saved.append(r)
+                print(f"  {task} seed {seed} {r['variant']:<6} {r['wall_s']:7.1f} s  scorer computed "
+                      f"{r['scorer_computed']:5d}  test composite {r['test_best']:.4f}", file=sys.stderr, flush=True)
+                if args.json:
+                    args.json.write_text(json.dumps(saved, indent=2))
     print(f"load average (1, 5, 15 min) at the end: {os.getloadavg()}; cpus: {os.cpu_count()}")
-    report(runs, task=args.task, dtype=args.dtype, budget=values)
+    report(runs, tasks=tasks, dtype=args.dtype, budget=values)
     return 0
 
 

@@ -13,7 +13,29 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "default_dir_mode", "default_file_mode"]
+__all__ = ["atomic_path", "atomic_write_text", "content_key", "default_cache_dir", "default_dir_mode",
+           "default_file_mode", "memo_path"]
+
+
+def default_cache_dir() -> Path:
+    """``$TP_CACHE_DIR``, else ``~/.cache/tp_harness``, ``~`` expanded: the one cache root (response cache,
+    converted embedded models, GGUF files, fetched wheels, and the memos of :func:`memo_path`)."""
+    return Path(os.environ.get("TP_CACHE_DIR") or Path.home() / ".cache" / "tp_harness").expanduser()
+
+
+def content_key(*parts: object) -> str:
+    """sha256 hex of ``repr(parts)``: a key that changes with any of the parts (plain data: str, numbers, None,
+    and tuples, lists and dicts of them, whose ``repr`` is exact and stable)."""
+    import hashlib
+
+    return hashlib.sha256(repr(parts).encode("utf-8")).hexdigest()
+
+
+def memo_path(kind: str, key: str, suffix: str = "") -> Path:
+    """Where the cache keeps a memo of ``kind`` (``doc_checks``, ``plots``) under ``key``: a file whose
+    presence or content a later run with the same inputs reuses instead of recomputing it (a warm re-run).
+    ``tp-harness cache clear`` removes them with the responses."""
+    return default_cache_dir() / "memos" / kind / f"{key}{suffix}"
 
 
 def _umask() -> int:

@@ -89,7 +89,38 @@ def test_two_builds_return_independent_wrappers_over_one_model(embedded_backend,
     req = Instance(request_type="loglikelihood", doc={}, arguments=("The sky is", " blue"), idx=0)
     uncached.loglikelihood([req])
     assert uncached.issued["loglikelihood"] == 1 and cached.issued["loglikelihood"] == 0  # counters are per wrapper
+    loads = hf.LOAD_COUNT["hflm"]
+    assert loads - before <= 1 and cached.lm.loaded  # the first request loads the weights, if nothing did before
     hf_backend = build_backend("hf", f"pretrained={embedded_backend.checkpoint}", registries, dtype="float32",
                                batch_size="16")
-    assert hf.LOAD_COUNT["hflm"] == before and hf_backend.lm is cached.lm
+    assert hf.LOAD_COUNT["hflm"] == loads and hf_backend.lm is cached.lm
     assert hf_backend.name == "hf" and hf_backend.identity["backend"] == "hf"  # the same model, its own label
+
+
+@pytest.mark.parametrize("model", ["embedded:smollm2-135m", "embedded:gemma3-270m"])
+def test_the_lazy_model_knows_its_tokenizer_window_and_chat_template_before_loading_and_they_equal_hflms(
+        model, registries):
+    """Issue 15, item 3: what a run asks before the model computes (tokens, chat template, context window, model
+    type) comes from the checkpoint's files without loading the weights, and equals what the loaded HFLM says."""
+    import transformers
+
+    backend = build_backend(model, "", registries, dtype="float32", batch_size="16", cache=False)
+    path = Path(backend.checkpoint)
+    lazy = hf.LazyHFLM(path, backend_name=model, dtype="float32", batch_size=16, device="cpu")  # a fresh one
+    texts = ["The sky is blue.", "Answer: B\nConfidence: 90%", "  naïve café — ünïcödé\n\n"]
+    messages = [{"role": "system", "content": "Be brief.\n\n"}, {"role": "user", "content": "Is 7 prime?"}]
+    window = lazy.max_length
+    ours = [lazy.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    chat = lazy.apply_chat_template(messages) if lazy.tokenizer.chat_template else None
+    assert not lazy.loaded and lazy.model_type == transformers.AutoConfig.from_pretrained(path).model_type
+    auto = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    assert ours == [auto(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert lazy.tokenizer.chat_template == auto.chat_template
+    if chat is not None:
+        assert chat == auto.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    real = lazy.hflm()  # loads the weights now
+    assert lazy.loaded and real.max_length == window
+    if chat is not None:
+        assert real.apply_chat_template(messages) == chat
+    assert backend.identity["model_type"] == real.model.config.model_type
+    assert (backend.identity["chat_template"] is None) == (not auto.chat_template)

@@ -97,7 +97,7 @@ def test_real_session_gates_example_fixtures_reports_and_one_model_load(pytester
     assert "Answer the following commonsense question" in report  # the instruction inside the rendered prompt
 
     # one model load for the whole session; summary in the terminal and in $GITHUB_STEP_SUMMARY
-    assert (pt.path / "loads.txt").read_text() == "1"
+    assert (pt.path / "loads.txt").read_text() in ("0", "1")  # weights load once, or never when all is cached
     assert "tp-harness gates (embedded:smollm2-135m)" in out
     assert "3 gates passed, 2 failed, 2 skipped; scorer LLM loaded 1 time(s)" in out
     text = summary.read_text(encoding="utf-8")

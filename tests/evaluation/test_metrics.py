@@ -409,3 +409,27 @@ def test_rounding_past_one_is_clamped_so_the_composite_accepts_it() -> None:
         for fn in (metrics.auroc, metrics.pr_p, metrics.pr_n):
             value = fn(list(conf), list(correct))
             assert value is None or 0.0 <= value <= 1.0
+
+
+def test_auroc_and_average_precision_equal_scikit_learn_on_random_samples_with_ties() -> None:
+    """The numpy AUROC (Mann-Whitney over average ranks) and step-wise AP are sklearn's, to rounding."""
+    import numpy as np
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from tp_harness.evaluation import metrics
+
+    rng = np.random.default_rng(1)
+    checked = 0
+    for _ in range(500):
+        n = int(rng.integers(2, 80))
+        conf = rng.choice([0.0, 0.1, 0.5, 0.9, 1.0, rng.random(), rng.random()], size=n)
+        correct = rng.random(n) < rng.random()
+        if correct.all() or not correct.any():
+            continue
+        checked += 1
+        assert metrics.auroc(list(conf), list(correct)) == pytest.approx(roc_auc_score(correct, conf), abs=1e-12)
+        assert metrics.pr_p(list(conf), list(correct)) == pytest.approx(
+            min(1.0, average_precision_score(correct, conf)), abs=1e-12)
+        assert metrics.pr_n(list(conf), list(correct)) == pytest.approx(
+            min(1.0, average_precision_score(~correct, 1.0 - conf)), abs=1e-12)
+    assert checked > 300

@@ -335,3 +335,71 @@ def test_racing_resume_reproduces_the_journal(racing_run) -> None:
     )
     assert half + new_rows == rows
     assert [p.sha for p in resumed] == [p.sha for p in history]
+
+
+# ----------------------------------------------------------------------------------------------
+# racing on evidence (race="bound"): drop only what the paired bound says is worse than the incumbent
+
+BOUND = StageSettings(steps=3, num_candidates=4, minibatch=3, race="bound")
+
+
+def _bound_run(bound, *, recall=None, rows=None):
+    rows = [] if rows is None else rows
+    scorer = Scorer()
+    history = run_stage(
+        stage="target", description="Answer multiple-choice questions.", initial=INITIAL, score=scorer,
+        sink=rows.append, recall=recall or (lambda step, sha, kind: None), reference=FakeReference(),
+        exemplars=_exemplars, settings=BOUND, seed=11, row_base={"task": "tiny"}, race_bound=bound,
+    )
+    return rows, history, scorer
+
+
+def _margin_bound(margin: float):
+    """A bound double: the minibatch composite difference plus ``margin`` (the width of a made-up interval)."""
+    calls = []
+
+    def bound(incumbent: dict, candidate: dict):
+        calls.append((incumbent["prompt_sha"], candidate["prompt_sha"]))
+        return candidate["metrics"]["composite"] - incumbent["metrics"]["composite"] + margin
+
+    bound.calls = calls
+    return bound
+
+
+def test_bound_racing_scores_the_incumbent_on_each_minibatch_and_drops_only_what_the_bound_rejects() -> None:
+    bound = _margin_bound(0.05)
+    rows, history, _scorer = _bound_run(bound)
+    for step in range(1, BOUND.steps + 1):
+        partial = [r for r in rows if r["step"] == step and r["eval"] == "partial"]
+        (inc,) = [r for r in rows if r["step"] == step and r["eval"] == "incumbent"]
+        full = {r["prompt_sha"] for r in rows if r["step"] == step and r["eval"] == "full"}
+        best_before = max((r for r in rows if r["eval"] == "full" and r["step"] < step),
+                          key=lambda r: (r["metrics"]["composite"], -r["step"]))
+        assert inc["prompt_sha"] == best_before["prompt_sha"]  # the incumbent: the best fully scored so far
+        assert len(partial) == BOUND.num_candidates
+        for r in partial:
+            worse = r["metrics"]["composite"] - inc["metrics"]["composite"] + 0.05 < 0
+            assert (r["prompt_sha"] in full) is (not worse), (step, r["prompt"])
+    assert any(r["eval"] == "partial" and r["prompt_sha"] not in {h.sha for h in history} for r in rows)
+    assert all(p.row["eval"] == "full" for p in history)  # the history holds full scores only
+    assert len(bound.calls) == BOUND.steps * BOUND.num_candidates
+
+
+def test_bound_racing_that_never_rejects_scores_every_candidate_fully() -> None:
+    rows, history, _scorer = _bound_run(lambda incumbent, candidate: None)  # no bound: nobody is dropped
+    partial = [r["prompt_sha"] for r in rows if r["eval"] == "partial"]
+    assert partial and set(partial) <= {p.sha for p in history}
+
+
+def test_bound_racing_resume_reproduces_the_journal() -> None:
+    rows, history, _ = _bound_run(_margin_bound(0.02))
+    half = rows[: len(rows) // 2]
+    new_rows: list[dict] = []
+    resumed_rows, resumed, _ = _bound_run(_margin_bound(0.02), recall=_recall_from(half), rows=new_rows)
+    assert half + resumed_rows == rows
+    assert [p.sha for p in resumed] == [p.sha for p in history]
+
+
+def test_bound_racing_without_a_bound_is_refused() -> None:
+    with pytest.raises(ValueError, match="needs race_bound"):
+        _bound_run(None)

@@ -210,6 +210,26 @@ def test_model_loads_once_per_process(smoke_run, registries):
     from tp_harness.backends import hf
     from tp_harness.runs.runner import build_backend
 
+    first = build_backend("embedded:smollm2-135m", "", registries, dtype="float32", batch_size="16")
     before = hf.LOAD_COUNT["hflm"]
-    build_backend("embedded:smollm2-135m", "", registries, dtype="float32", batch_size="16")
-    assert before >= 1 and hf.LOAD_COUNT["hflm"] == before  # the run's model is reused, not reloaded
+    second = build_backend("embedded:smollm2-135m", "", registries, dtype="float32", batch_size="16")
+    assert second.lm is first.lm and hf.LOAD_COUNT["hflm"] == before  # the run's model is reused, not reloaded
+    assert before <= 1  # and its weights loaded at most once (not at all when every response was cached)
+
+
+def test_a_warm_rerun_imports_no_torch_and_loads_no_weights_and_reproduces_the_run(smoke_run, tmp_path):
+    """Issue 15, item 3: the smoke run's responses are all in the cache, so the same run in a fresh process never
+    reaches the model: torch is not imported, the weights are not loaded, and every score is the same."""
+    results, run = smoke_run
+    cmd = [sys.executable, "-X", "importtime", "-m", "tp_harness", *SMOKE, "--results-dir", str(tmp_path),
+           "--run-id", "warm"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "tp_harness" in imported and "lm_eval" in imported  # the import log is complete
+    assert not {"torch", "sklearn", "scipy"} & imported
+    warm = tmp_path / "runs" / "warm"
+    calls = json.loads((warm / "results.json").read_text())["tp"]["calls"]
+    assert calls["scorer_computed"] == 0 and calls["scorer_requests"] > 0
+    assert [(r["stage"], r.get("prompt_sha"), r.get("metrics")) for r in _rows(warm)] == \
+        [(r["stage"], r.get("prompt_sha"), r.get("metrics")) for r in _rows(run)]

@@ -100,6 +100,8 @@ class LMBackend:
             )
 
         def compute(reqs: list[Any]) -> list[Any]:
+            if rollout_seed is not None:
+                _seed_everything(rollout_seed)  # only when the model samples: a cached call needs no torch
             return list(self.lm.generate_until(reqs, disable_tqdm=True))
 
         return [str(v) for v in self._through_cache("generate_until", requests, compute, rollout_seed=rollout_seed)]
@@ -184,7 +186,6 @@ class LMBackend:
             gen_kwargs.update(do_sample=True, temperature=float(temperature), top_p=0.95)
         else:
             gen_kwargs.update(do_sample=False)
-        _seed_everything(seed)
         reqs = [
             Instance(request_type="generate_until", doc={}, arguments=(ctx, dict(gen_kwargs)), idx=i,
                      metadata=("reference", i, 1))

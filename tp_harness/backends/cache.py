@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -26,6 +25,7 @@ from typing import Any
 import jsonlines
 
 from tp_harness.errors import CacheError
+from tp_harness.files import default_cache_dir  # noqa: F401  (re-exported: the cache root)
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -50,12 +50,6 @@ def _cache_errors(path: Path) -> Iterator[None]:
 
 
 _CHUNK = 500  # keys per SELECT (SQLite's variable limit is 32766; smaller chunks keep statements cheap)
-
-
-def default_cache_dir() -> Path:
-    """``$TP_CACHE_DIR``, else ``~/.cache/tp_harness``, ``~`` expanded: the one cache root (response cache,
-    converted embedded models, GGUF files and fetched wheels)."""
-    return Path(os.environ.get("TP_CACHE_DIR") or Path.home() / ".cache" / "tp_harness").expanduser()
 
 
 def model_key(identity: Mapping[str, Any]) -> str:

@@ -41,21 +41,37 @@ class PrefixSharingScorer:
 
     def __init__(self, lm: Any, *, max_batch_tokens: int = 4096) -> None:
         self.lm = lm
-        self.model = lm.model
         self.max_batch_tokens = max_batch_tokens
-        self.max_length = int(lm.max_length)
-        # A model with sliding-window layers (Gemma 3: 512) masks keys further back than the window. A packed
-        # sequence no longer than the window sees exactly what each unpacked request sees; longer groups go
-        # to lm-eval, which scores them unpacked.
-        window = getattr(getattr(self.model, "config", None), "sliding_window", None)
-        self.max_packed = min(self.max_length, int(window)) if window else self.max_length
         #: work done so far: forward passes, tokens pushed through the decoder (``padded``: rows x longest row,
         #: what the hardware computed; ``tokens``: without the padding), requests sent on to lm-eval
         self.stats = {"forward_passes": 0, "tokens": 0, "padded": 0, "lm_eval_requests": 0}
 
+    @property
+    def model(self) -> Any:
+        """The transformers model (a lazily loaded ``lm`` loads its weights here, on the first request)."""
+        return self.lm.model
+
+    @property
+    def max_length(self) -> int:
+        """The model's context window in tokens (lm-eval's ``max_length``)."""
+        return int(self.lm.max_length)
+
+    @property
+    def max_packed(self) -> int:
+        """The longest packed sequence: the context window, or a shorter sliding attention window.
+
+        A model with sliding-window layers (Gemma 3: 512) masks keys further back than the window. A packed
+        sequence no longer than the window sees exactly what each unpacked request sees; longer groups go to
+        lm-eval, which scores them unpacked."""
+        window = getattr(getattr(self.model, "config", None), "sliding_window", None)
+        return min(self.max_length, int(window)) if window else self.max_length
+
     @classmethod
     def supports(cls, lm: Any) -> bool:
-        """Whether ``lm`` is a causal HF model of a verified architecture (else lm-eval scores it)."""
+        """Whether ``lm`` is a causal HF model of a verified architecture (else lm-eval scores it). A lazily loaded
+        model (:class:`~tp_harness.backends.hf.LazyHFLM`) is judged by its ``config.json``, without loading it."""
+        if getattr(lm, "lazy", False) is True:
+            return lm.backend == "causal" and lm.model_type in SUPPORTED_MODEL_TYPES
         model = getattr(lm, "_model", None) or getattr(lm, "model", None)
         config = getattr(model, "config", None)
         return (getattr(lm, "backend", None) == "causal" and config is not None
@@ -67,20 +83,22 @@ class PrefixSharingScorer:
         out: list[tuple[float, bool] | None] = [None] * len(requests)
         groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
         fallback: list[int] = []
+        max_length = self.max_length
         for i, req in enumerate(requests):
             context, continuation = req.args
             if not context:
                 fallback.append(i)
                 continue
             ctx_enc, cont_enc = self.lm._encode_pair(context, continuation)
-            if not cont_enc or len(ctx_enc) + len(cont_enc) > self.max_length:
+            if not cont_enc or len(ctx_enc) + len(cont_enc) > max_length:
                 fallback.append(i)
                 continue
             groups.setdefault(tuple(ctx_enc), []).append((i, list(cont_enc)))
+        max_packed = self.max_packed if groups else max_length
         packed = [(ctx, conts) for ctx, conts in groups.items()
-                  if len(ctx) + sum(len(c) for _, c in conts) <= self.max_packed]
+                  if len(ctx) + sum(len(c) for _, c in conts) <= max_packed]
         for ctx, conts in groups.items():
-            if len(ctx) + sum(len(c) for _, c in conts) > self.max_packed:
+            if len(ctx) + sum(len(c) for _, c in conts) > max_packed:
                 fallback.extend(i for i, _ in conts)
         for batch in self._batches(packed):
             for index, value in self._score_batch(batch):

@@ -179,10 +179,35 @@ def expected_calibration_error(
 
 
 def _unit(value: float) -> float:
-    """``value`` clamped to [0, 1]: sklearn's sums can land a few ULPs outside (``1.0000000000000002`` was seen in a
+    """``value`` clamped to [0, 1]: floating sums (sklearn's, and ours) can land a few ULPs outside (``1.0000000000000002`` was seen in a
     real run's PR-N), which the composite would refuse. Only rounding is absorbed: the metrics are in [0, 1] by
     definition."""
     return min(1.0, max(0.0, float(value)))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values`` (ascending), tied values sharing the mean of their ranks (``scipy.stats.rankdata``'s
+    ``average`` method)."""
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    starts = np.r_[True, ordered[1:] != ordered[:-1]]
+    first = np.flatnonzero(starts)
+    sizes = np.diff(np.r_[first, values.size])
+    ranks = np.empty(values.size, dtype=np.float64)
+    ranks[order] = (first + (sizes + 1) / 2.0)[np.cumsum(starts) - 1]
+    return ranks
+
+
+def _average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Step-wise average precision over the distinct ``scores`` as thresholds, high to low: ``sum_k (R_k - R_{k-1})
+    * P_k`` with ``R_0 = 0`` (``sklearn.metrics.average_precision_score``). Needs a positive sample."""
+    order = np.argsort(-scores, kind="mergesort")
+    ordered, pos = scores[order], positive[order].astype(np.float64)
+    last = np.r_[ordered[1:] != ordered[:-1], True]  # the last sample of each distinct score
+    tp = np.cumsum(pos)[last]
+    precision = tp / (np.flatnonzero(last) + 1.0)
+    recall = tp / tp[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 def _both_classes(corr: np.ndarray) -> bool:
@@ -194,8 +219,10 @@ def auroc(confidence: Sequence[float], correct: Sequence[bool]) -> float | None:
     """AUROC: how well confidence ranks correct answers above incorrect ones.
 
     Shapes: ``confidence`` and ``correct`` are 1-D, equal length n: samples with a parsed confidence only.
-    Computed as ``sklearn.metrics.roc_auc_score(y_true=correct, y_score=confidence)``: correct is the
-    positive class; equal confidences count half, as in the Mann-Whitney U statistic.
+    Equal to ``sklearn.metrics.roc_auc_score(y_true=correct, y_score=confidence)`` (tested against it): correct
+    is the positive class; equal confidences count half. Computed in numpy as the Mann-Whitney U statistic over
+    average ranks, ``(sum of the correct samples' ranks - n_c (n_c + 1) / 2) / (n_c n_w)``, so that scoring never
+    imports scikit-learn and scipy (about a second a run).
     Returns: AUROC in [0, 1] (0.5 = chance), higher is better; ``None`` when n == 0 or all samples are
     correct or all wrong (undefined; the term leaves the composite, never a crash).
     Raises: ``MetricInputError`` if the lengths differ or a confidence is None, NaN or outside [0, 1].
@@ -204,17 +231,19 @@ def auroc(confidence: Sequence[float], correct: Sequence[bool]) -> float | None:
     conf, corr = _checked(confidence, correct)
     if not _both_classes(corr):
         return None
-    from sklearn.metrics import roc_auc_score
-
-    return _unit(roc_auc_score(corr, conf))
+    ranks = _average_ranks(conf)
+    n_c = int(corr.sum())
+    n_w = corr.size - n_c
+    return _unit((ranks[corr].sum() - n_c * (n_c + 1) / 2.0) / (n_c * n_w))
 
 
 def pr_p(confidence: Sequence[float], correct: Sequence[bool]) -> float | None:
     """PR-P: area under the precision-recall curve with correct answers as the positive class.
 
     Shapes: ``confidence`` and ``correct`` are 1-D, equal length n: samples with a parsed confidence only.
-    The area is average precision, ``sklearn.metrics.average_precision_score(correct, confidence)``:
-    the step-wise sum ``sum_k (R_k - R_{k-1}) * P_k`` over thresholds, not a trapezoidal area.
+    The area is average precision, equal to ``sklearn.metrics.average_precision_score(correct, confidence)``
+    (tested against it; numpy here): the step-wise sum ``sum_k (R_k - R_{k-1}) * P_k`` over the distinct
+    confidences as thresholds, high to low, not a trapezoidal area.
     Returns: PR-P in [0, 1], higher is better; ``None`` when n == 0 or all samples are correct or
     all wrong (undefined; the term leaves the composite).
     Raises: ``MetricInputError`` if the lengths differ or a confidence is None, NaN or outside [0, 1].
@@ -223,9 +252,7 @@ def pr_p(confidence: Sequence[float], correct: Sequence[bool]) -> float | None:
     conf, corr = _checked(confidence, correct)
     if not _both_classes(corr):
         return None
-    from sklearn.metrics import average_precision_score
-
-    return _unit(average_precision_score(corr, conf))
+    return _unit(_average_precision(conf, corr))
 
 
 def pr_n(confidence: Sequence[float], correct: Sequence[bool]) -> float | None:
@@ -242,9 +269,7 @@ def pr_n(confidence: Sequence[float], correct: Sequence[bool]) -> float | None:
     conf, corr = _checked(confidence, correct)
     if not _both_classes(corr):
         return None
-    from sklearn.metrics import average_precision_score
-
-    return _unit(average_precision_score(~corr, 1.0 - conf))
+    return _unit(_average_precision(1.0 - conf, ~corr))
 
 
 # ----------------------------------------------------------------------------------------------

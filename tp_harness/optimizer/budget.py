@@ -25,6 +25,14 @@ class Budget:
     :ivar promote: racing: candidates per step promoted from the minibatch to the full optimize split.
     :ivar full_eval_interval: racing: every this many steps, the best minibatch-scored candidate without a
         full score is promoted too (0: never).
+    :ivar race: how racing decides which minibatch-scored candidates go on to the full optimize split:
+        ``halving`` (the best ``promote`` by minibatch score, as MIPROv2) or ``bound`` (every candidate except those
+        worse than the incumbent beyond a paired-bootstrap bound on the same minibatch, as F-Race; ``promote`` and
+        ``full_eval_interval`` are not used). See :mod:`tp_harness.optimizer.loop`.
+    :ivar race_alpha: ``bound``: a candidate is dropped when the one-sided ``1 - race_alpha`` upper bound of its
+        composite minus the incumbent's, on the step's minibatch, is below 0.
+    :ivar minibatch_fraction: ``bound``: the minibatch is ``max(minibatch, ceil(minibatch_fraction * N))`` docs of
+        an N-doc optimize split (it grows with the split); racing is off when that is more than half the split.
     :ivar last_step_candidates: the last step proposes this many candidates instead of ``num_candidates`` (an
         equal-budget ablation matches another mode's candidate count exactly with it); None: ``num_candidates``.
     """
@@ -42,6 +50,9 @@ class Budget:
     promote: int = 2
     full_eval_interval: int = 0
     last_step_candidates: int | None = None
+    race: str = "halving"
+    race_alpha: float = 0.05
+    minibatch_fraction: float = 0.25
 
     def step_candidates(self, step: int) -> int:
         """Candidates proposed at ``step`` (1-based; step 0 scores the initial prompts)."""

@@ -9,6 +9,10 @@ candidates are first scored on a seeded minibatch of the optimize split (journal
 the best ``promote`` of them are scored on the full split (``eval: full``), and every
 ``full_eval_interval`` steps the best partially scored candidate not yet fully scored is promoted too.
 The history the meta-prompt shows and every selection use full scores only.
+Racing on evidence (``race="bound"``, F-Race's rule, Birattari et al. 2002; irace): the step's candidates and the
+incumbent (the best fully scored prompt so far, journal ``eval: incumbent``) are scored on the same minibatch; a
+candidate is dropped only when the caller's paired bound (``race_bound``: the one-sided upper bound of its composite
+minus the incumbent's over the minibatch's docs) is below 0, and every other candidate is scored on the full split.
 Resume: rows already in the journal are recalled instead of re-scored, and every random choice of a
 step is seeded by (seed, stage, step), so an interrupted run resumed ends where an uninterrupted one would.
 """
@@ -78,6 +82,7 @@ class StageSettings:
     promote: int = 2
     full_eval_interval: int = 0
     last_step_candidates: int | None = None
+    race: str = "halving"
 
     def at_step(self, step: int) -> StageSettings:
         """These settings for ``step``: the last step proposes ``last_step_candidates`` when that is set."""
@@ -94,6 +99,9 @@ class StageSettings:
 #: scores candidates of one step on a minibatch of that many docs per task (seeded by the step), or on the
 #: full optimize split (None): (candidates, step, minibatch) -> one (metrics, extra row fields) per candidate
 ScoreFn = Callable[[Sequence[Candidate], int, "int | None"], list[tuple[dict[str, float | None], dict[str, Any]]]]
+#: racing on evidence: (incumbent's minibatch row, candidate's minibatch row) -> the one-sided upper bound of the
+#: candidate's composite minus the incumbent's over the same docs, or None when it cannot be computed (never dropped)
+RaceBound = Callable[[dict, dict], "float | None"]
 #: writes one scored row to the journal
 Sink = Callable[[dict], None]
 #: finds the journal row of (step, prompt sha, eval) if it was scored already (eval: partial or full)
@@ -127,6 +135,7 @@ def run_stage(
     recall_step: Callable[[int], list[dict]] | None = None,
     screen: Callable[[str], str | None] | None = None,
     reject: Sink | None = None,
+    race_bound: RaceBound | None = None,
 ) -> list[ScoredPrompt]:
     """Run one stage and return its whole history (initial prompts included), best first.
 
@@ -144,7 +153,12 @@ def run_stage(
         screened; a rejected proposal's slot goes to the next proposal (evolutionary edits fill what is left).
     :param reject: receives one row per rejected proposal (``stage: rejected``, ``of_stage``, ``step``,
         ``proposer``, ``prompt``, ``prompt_sha``, ``reason``); the journal writer.
+    :param race_bound: racing with ``settings.race == "bound"``: the paired bound that decides which candidates are
+        dropped after the minibatch (:data:`RaceBound`); required then.
+    :raises ValueError: ``race == "bound"`` without ``race_bound``.
     """
+    if settings.racing and settings.race == "bound" and race_bound is None:
+        raise ValueError("racing on a bound (race='bound') needs race_bound")
     progress = progress or _Silent()
     history: list[ScoredPrompt] = []
     partial: list[ScoredPrompt] = []
@@ -173,7 +187,16 @@ def run_stage(
                             "reason": reason})
         scored = _score_step(cands, step, score, sink, recall, base, stage, kind=first_kind,
                              minibatch=settings.minibatch if racing else None)
-        if racing:
+        if racing and settings.race == "bound":
+            incumbent = rank(history)[0]
+            (on_minibatch,) = _score_step([_candidate(incumbent)], step, score, sink, recall, base, stage,
+                                          kind="incumbent", minibatch=settings.minibatch)
+            promoted = _survivors(scored, on_minibatch, history, race_bound)  # type: ignore[arg-type]
+            log.info("%s step %d: racing on evidence kept %d of %d candidates for the full split", stage, step,
+                     len(promoted), len(scored))
+            scored = _score_step([_candidate(p) for p in promoted], step, score, sink, recall, base, stage,
+                                 kind="full", minibatch=None)
+        elif racing:
             partial.extend(scored)
             promoted = _promote(scored, partial, history, step, settings)
             scored = _score_step([Candidate(p.text, p.proposer, operation=p.row.get("operation") or "") for p in promoted], step,
@@ -185,6 +208,25 @@ def run_stage(
         log.info("%s step %d: %d candidates, %d fully scored, best composite %s", stage, step, len(cands),
                  len(scored), best)
     return rank(history)
+
+
+def _candidate(p: ScoredPrompt) -> Candidate:
+    return Candidate(p.text, p.proposer, operation=p.row.get("operation") or "")
+
+
+def _survivors(step_scored: Sequence[ScoredPrompt], incumbent: ScoredPrompt, history: Sequence[ScoredPrompt],
+               bound: RaceBound) -> list[ScoredPrompt]:
+    """Racing on evidence: the step's candidates not yet fully scored, except those whose paired upper bound
+    against the incumbent on the same minibatch is below 0 (worse beyond the bound). Step order is kept."""
+    full = {p.sha for p in history}
+    out = []
+    for p in step_scored:
+        if p.sha in full:
+            continue
+        upper = bound(incumbent.row, p.row)
+        if upper is None or upper >= 0.0:
+            out.append(p)
+    return out
 
 
 def _promote(step_scored: Sequence[ScoredPrompt], partial: Sequence[ScoredPrompt], history: Sequence[ScoredPrompt],

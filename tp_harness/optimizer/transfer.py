@@ -12,6 +12,7 @@ modes. Every scored candidate goes to the run journal; finished rows are recalle
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 
 from tp_harness.backends.base import LMBackend
 from tp_harness.constants import DEFAULT_REFERENCE_SHARE, DEFAULT_SELECTION_ALPHA
+from tp_harness.errors import UsageError
 from tp_harness.evaluation.evaluator import (
     EvalJob,
     Evaluation,
@@ -194,6 +196,8 @@ def _stage_requests(b: Budget, *, initial: int, full: int, mini: int | None) -> 
         n = b.step_candidates(step)
         if mini is None:
             requests += n * full
+        elif b.race == "bound":  # at most: the incumbent and every candidate on the minibatch, all of them promoted
+            requests += (n + 1) * mini + n * full
         else:
             requests += n * mini + min(b.promote, n) * full
             if b.full_eval_interval and step % b.full_eval_interval == 0:
@@ -219,6 +223,9 @@ def equal_budget(budget: Budget, *, sources: Sequence[PreparedTask], target: Pre
     """
     from types import SimpleNamespace
 
+    if budget.minibatch is not None and budget.race == "bound":
+        raise UsageError(f"budget {budget.name!r} races on a bound, whose cost depends on the scores: an equal-budget "
+                         "ablation needs a budget without racing or with race='halving'")
     two = search_cost(SimpleNamespace(budget=budget, mode="two_stage", sources=list(sources), targets=[target],
                                       reference_share=reference_share))
     extra = two["candidates"] - 1  # no_transfer's step 0 scores the original alone
@@ -251,11 +258,20 @@ def equal_budget(budget: Budget, *, sources: Sequence[PreparedTask], target: Pre
 
 
 def _minibatch(ctx: RunContext, tasks: Sequence[PreparedTask]) -> int | None:
-    """The racing minibatch (docs per task), or None when the budget does not race or the split is too small."""
-    m = ctx.budget.minibatch
-    if m is None or not tasks or m >= min(len(t.splits["optimize"]) for t in tasks):
+    """The racing minibatch (docs per task), or None when the budget does not race or the split is too small.
+
+    ``halving``: the budget's ``minibatch``, off when the smallest optimize split is not larger. ``bound``: it grows
+    with the split, ``max(minibatch, ceil(minibatch_fraction * N))`` for the smallest split's N docs, and racing is
+    off when that is more than half the split (a bound over so few docs decides little, and saves little).
+    """
+    b = ctx.budget
+    if b.minibatch is None or not tasks:
         return None
-    return m
+    n = min(len(t.splits["optimize"]) for t in tasks)
+    if b.race == "bound":
+        m = max(b.minibatch, math.ceil(b.minibatch_fraction * n))
+        return m if 2 * m <= n else None
+    return b.minibatch if b.minibatch < n else None
 
 
 def _settings(ctx: RunContext, tasks: Sequence[PreparedTask]) -> StageSettings:
@@ -263,7 +279,7 @@ def _settings(ctx: RunContext, tasks: Sequence[PreparedTask]) -> StageSettings:
     return StageSettings(steps=b.steps, num_candidates=b.num_candidates, reference_share=ctx.reference_share,
                          reference_max_tokens=b.reference_max_tokens, minibatch=_minibatch(ctx, tasks),
                          promote=b.promote, full_eval_interval=b.full_eval_interval,
-                         last_step_candidates=b.last_step_candidates)
+                         last_step_candidates=b.last_step_candidates, race=b.race)
 
 
 def minibatch_ids(ctx: RunContext, stage: str, step: int, task: PreparedTask, size: int | None) -> tuple[int, ...] | None:
@@ -274,6 +290,55 @@ def minibatch_ids(ctx: RunContext, stage: str, step: int, task: PreparedTask, si
     n = len(task.splits["optimize"])
     rng = random.Random(f"{ctx.seed}:{stage}:{step}:minibatch:{task.name}")
     return tuple(sorted(rng.sample(range(n), min(size, n))))
+
+
+def _per_doc(ev: Evaluation) -> dict[str, list]:
+    """The columns racing's paired bound needs of one minibatch evaluation (journaled, so ``--resume`` decides alike)."""
+    return {"doc_id": [r.doc_id for r in ev.records],
+            "correct": [bool(r.correct) and r.parsed_answer is not None for r in ev.records],
+            "confidence": [r.confidence for r in ev.records], "followed": [r.followed for r in ev.records]}
+
+
+def race_bound(tasks: Sequence[PreparedTask], *, alpha: float, seed: int) -> Callable[[dict, dict], float | None]:
+    """Racing on evidence: the one-sided ``1 - alpha`` upper bound of a candidate's composite minus the incumbent's.
+
+    Both rows are minibatch rows of the same step (the same docs of every task, their ``per_doc`` columns); the
+    paired bootstrap (:func:`tp_harness.evaluation.bootstrap.paired_delta_samples`, 1,000 resamples of the docs,
+    seeded by the run's seed) is taken per task, and the differences are averaged over the tasks as the stage's
+    composite is. None (never dropped) when a task's columns are missing or hold other docs, or the composite
+    weights include a metric the bootstrap cannot resample. Source: F-Race (Birattari et al., GECCO 2002) drops a
+    configuration once a test on the instances seen says it is worse; here the test is the paired bootstrap.
+    """
+    import numpy as np
+
+    from tp_harness.evaluation.bootstrap import HIGHER_IS_BETTER, SampleArrays, paired_delta_samples
+
+    def arrays(row: dict, task: str) -> SampleArrays | None:
+        cols = (row.get("per_doc") or {}).get(task)
+        if not cols:
+            return None
+        records = [{"doc_id": d, "correct": c, "parsed_answer": "", "confidence": conf, "followed": f}  # c: parsed too
+                   for d, c, conf, f in zip(cols["doc_id"], cols["correct"], cols["confidence"], cols["followed"],
+                                            strict=True)]
+        return SampleArrays.from_records(records)
+
+    def bound(incumbent: dict, candidate: dict) -> float | None:
+        deltas = []
+        for task in tasks:
+            if set(task.weights) - set(HIGHER_IS_BETTER):
+                return None
+            before, after = arrays(incumbent, task.name), arrays(candidate, task.name)
+            if before is None or after is None:
+                return None
+            d = paired_delta_samples(before, after, weights=task.weights, seed=[seed, 2002])
+            if d is None:
+                return None
+            deltas.append(d)
+        mean = np.mean(np.vstack(deltas), axis=0)
+        mean = mean[~np.isnan(mean)]
+        return float(np.percentile(mean, 100.0 * (1.0 - alpha))) if mean.size else None
+
+    return bound
 
 
 def _exemplar_fn(tasks: Sequence[PreparedTask], k: int = 3) -> Callable[[random.Random], list[Exemplar]]:
@@ -330,8 +395,10 @@ def run_source_stage(ctx: RunContext) -> list[ScoredPrompt]:
         out = []
         for i, _c in enumerate(cands):
             group = evals[i * len(sources):(i + 1) * len(sources)]
-            out.append((_mean_metrics(group), {"split": "optimize", **_cost(group),
-                                               "per_task": {e.task: e.metrics for e in group}}))
+            extra = {"split": "optimize", **_cost(group), "per_task": {e.task: e.metrics for e in group}}
+            if minibatch is not None:
+                extra["per_doc"] = {e.task: _per_doc(e) for e in group}
+            out.append((_mean_metrics(group), extra))
         return out
 
     def recall(step: int, sha: str, kind: str) -> dict | None:
@@ -348,6 +415,7 @@ def run_source_stage(ctx: RunContext) -> list[ScoredPrompt]:
         seed=ctx.seed, progress=ctx.progress("stage 1 (source)", total) if ctx.progress else None,
         row_base={"task": label}, recall_step=lambda step: ctx.run.find(stage="source", task=label, step=step),
         screen=task_spans([_data_of(s) for s in sources]).reason, reject=_rejection_sink(ctx),
+        race_bound=race_bound(sources, alpha=ctx.budget.race_alpha, seed=ctx.seed),
     )
 
 
@@ -358,7 +426,9 @@ def run_target_stage(ctx: RunContext, target: PreparedTask, seeds: Sequence[Scor
         ids = minibatch_ids(ctx, "target", step, target, minibatch)
         evals = evaluate_jobs(ctx.scorer, [EvalJob(target, "optimize", c.text, ids) for c in cands],
                               metrics=ctx.registries.metrics)
-        return [(e.metrics, {"split": "optimize", **_cost([e])}) for e in evals]
+        return [(e.metrics, {"split": "optimize", **_cost([e]),
+                             **({"per_doc": {e.task: _per_doc(e)}} if minibatch is not None else {})})
+                for e in evals]
 
     def recall(step: int, sha: str, kind: str) -> dict | None:
         rows = [r for r in ctx.run.find(stage="target", task=target.name, step=step, prompt_sha=sha)
@@ -376,6 +446,7 @@ def run_target_stage(ctx: RunContext, target: PreparedTask, seeds: Sequence[Scor
         row_base={"task": target.name},
         recall_step=lambda step: ctx.run.find(stage="target", task=target.name, step=step),
         screen=task_spans([_data_of(target)]).reason, reject=_rejection_sink(ctx),
+        race_bound=race_bound([target], alpha=ctx.budget.race_alpha, seed=ctx.seed),
     )
 
 

@@ -7,12 +7,13 @@ in, PNG files out (written through a temp file and ``os.replace``); it runs no m
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tp_harness.files import atomic_path
+from tp_harness.files import atomic_path, content_key, memo_path
 
 NUM_BINS = 10
 
@@ -25,6 +26,43 @@ def _atomic_save_figure(fig: Any, path: Path) -> None:
     """Save a matplotlib figure as PNG atomically (:func:`tp_harness.store.journal.atomic_path`)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+
+
+@functools.cache
+def _drawing_version() -> tuple[str, str]:
+    """What a memoized PNG depends on besides its data: this module's source and matplotlib's version."""
+    import hashlib
+    from importlib.metadata import version
+
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest(), version("matplotlib")
+
+
+def _drawn_once(draw: Callable[[Any, Path], Path]) -> Callable[[Any, Path], Path]:
+    """Memoize a plot's PNG by its input data in the cache (:func:`tp_harness.files.memo_path`): a re-run with
+    the same data (a warm re-run) copies the bytes instead of importing matplotlib and drawing (about a second).
+    The bytes are those the drawing wrote (``savefig`` without a timestamp), so the PNG is the same either way.
+    A cache that cannot be read or written only means drawing again."""
+
+    @functools.wraps(draw)
+    def drawn(data: Any, path: Path) -> Path:
+        memo = memo_path("plots", content_key(draw.__name__, data, *_drawing_version()), ".png")
+        try:
+            blob = memo.read_bytes()
+        except OSError:
+            blob = None
+        if blob is not None:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(blob)
+            return path
+        draw(data, path)
+        try:
+            with atomic_path(memo) as tmp:
+                tmp.write_bytes(Path(path).read_bytes())
+        except OSError:
+            pass
+        return path
+
+    return drawn
 
 
 def trajectory_series(
@@ -84,6 +122,7 @@ def reliability_bins(
     return [(s[0] / s[2], s[1] / s[2], int(s[2])) for _, s in sorted(sums.items())]
 
 
+@_drawn_once
 def plot_trajectory(series: dict[tuple[str, str], list[tuple[int, float]]], path: Path) -> Path:
     """Draw the best-composite-per-step lines (one per stage/task) and save a PNG to ``path``."""
     import matplotlib
@@ -111,6 +150,7 @@ def plot_trajectory(series: dict[tuple[str, str], list[tuple[int, float]]], path
     return path
 
 
+@_drawn_once
 def plot_reliability(samples: dict[str, dict[str, tuple[list[float], list[bool]]]], path: Path) -> Path:
     """Draw one reliability diagram per target task (original vs best target) and save a PNG."""
     import matplotlib
@@ -161,6 +201,7 @@ def _pyplot() -> Any:
     return plt
 
 
+@_drawn_once
 def plot_metric_bars(metrics: dict[str, dict[str, dict[str, float | None]]], path: Path) -> Path:
     """Per-metric before/after bars: one panel per target task, one bar group per metric.
 
@@ -212,6 +253,7 @@ def _interval_error(values: Sequence[float | None], cis: Sequence[tuple[float, f
     return [lows, highs]
 
 
+@_drawn_once
 def plot_overview(
     bars: dict[str, tuple[float | None, float | None, tuple[float, float] | None, tuple[float, float] | None]],
     path: Path,
@@ -255,6 +297,7 @@ def _finish_composite_bars(fig, ax, labels: list[str], title: str, path: Path, *
     _atomic_save_figure(fig, path)
 
 
+@_drawn_once
 def plot_ablation(data: dict[str, dict[str, float | None]], path: Path) -> Path:
     """The ablation chart: test composite of the original and of each mode's final prompt, per group.
 

@@ -8,6 +8,7 @@ row, the spec field and what to do. It runs no model and computes no metric.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import jinja2
 
 from tp_harness.errors import DataError, SpecError
+from tp_harness.files import atomic_write_text, content_key, memo_path
 from tp_harness.spec.schema import AnswerFormat, TaskSpec
 from tp_harness.spec.templates import SecurityError
 
@@ -142,7 +144,39 @@ def check_docs(spec: TaskSpec, task: Any, *, mode: str, answer_format: AnswerFor
     :raises DataError: a row lacks a field a template reads, its answer is not among the choices or labels,
         its answer index is out of range, or the same row is in two splits (names both places).
     :raises SpecError: the sandbox refuses a template at render time, or a template fails for every row.
+
+    Checks that passed are remembered in the cache (:func:`tp_harness.files.memo_path`) under a key of
+    everything they read: the spec's lm-eval config of ``mode``, the answer format, the split indices, every
+    doc, and the versions of these checks, the template sandbox and lm-eval. The same inputs again (a warm
+    re-run) skip the rendering; any change, or a failure, renders every doc again.
     """
+    key = content_key("doc_checks", _checks_version(), spec.lm_eval_config(mode), mode, repr(answer_format),
+                      {k: list(v) for k, v in splits.items()}, [dict(d) for d in docs])
+    stamp = memo_path("doc_checks", key)
+    if stamp.is_file():
+        return
+    _check_docs(spec, task, mode=mode, answer_format=answer_format, splits=splits, docs=docs, origins=origins)
+    try:
+        atomic_write_text(stamp, "passed\n")
+    except OSError:
+        pass  # a read-only cache: the next run checks again
+
+
+@functools.cache
+def _checks_version() -> tuple[str, ...]:
+    """What a passed check depends on besides its inputs: this module, the template sandbox, lm-eval."""
+    import hashlib
+    from importlib.metadata import version
+
+    from tp_harness.spec import templates
+
+    return (hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+            hashlib.sha256(Path(templates.__file__).read_bytes()).hexdigest(), version("lm_eval"))
+
+
+def _check_docs(spec: TaskSpec, task: Any, *, mode: str, answer_format: AnswerFormat | None,
+                splits: Mapping[str, Sequence[int]], docs: Sequence[Mapping[str, Any]],
+                origins: Sequence[Origin]) -> None:
     seen: dict[str, tuple[str, Origin]] = {}
     needs_choices = mode == "multiple_choice" or (answer_format is not None
                                                    and answer_format.parser == "letter_confidence"
