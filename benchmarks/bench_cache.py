@@ -84,7 +84,7 @@ def outcome(run: dict) -> dict:
     """What must not change between cold and warm: every scored row's metrics and the final evaluations."""
     tp = run["results"]["tp"]
     return {
-        "journal": [(r["stage"], r["step"], r.get("eval"), r["prompt_sha"], r["metrics"]) for r in run["journal"]],
+        "journal": [(r["stage"], r["step"], r.get("eval"), r["prompt_sha"], r.get("metrics")) for r in run["journal"]],
         "final": sorted((e["prompt_kind"], e["prompt"], json.dumps(e["metrics"], sort_keys=True))
                         for e in tp["evaluations"]),
     }
