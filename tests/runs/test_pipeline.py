@@ -214,7 +214,6 @@ def test_model_loads_once_per_process(smoke_run, registries):
     before = hf.LOAD_COUNT["hflm"]
     second = build_backend("embedded:smollm2-135m", "", registries, dtype="float32", batch_size="16")
     assert second.lm is first.lm and hf.LOAD_COUNT["hflm"] == before  # the run's model is reused, not reloaded
-    assert before <= 1  # and its weights loaded at most once (not at all when every response was cached)
 
 
 def test_a_warm_rerun_imports_no_torch_and_loads_no_weights_and_reproduces_the_run(smoke_run, tmp_path):

@@ -66,7 +66,7 @@ class LazyHFLM:
         self._config_window = checkpoint_window(path)
         self._tokenizer: Any = None
         self._hflm: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # hflm() reads the tokenizer under it
 
     @property
     def loaded(self) -> bool:

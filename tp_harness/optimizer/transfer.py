@@ -482,9 +482,10 @@ def select_on_validation(ctx: RunContext, target: PreparedTask, history: Sequenc
             todo.append(cand)
     evals = evaluate_jobs(ctx.scorer, [EvalJob(target, "validation", c.text) for c in todo],
                           metrics=ctx.registries.metrics) if todo else []
-    for index, (cand, ev) in enumerate(zip(todo, evals)):
+    position = {c.sha: i for i, c in enumerate(finalists)}  # the index among the finalists, whatever was resumed
+    for cand, ev in zip(todo, evals):
         ctx.run.append({"stage": "select", "step": 0, "task": target.name, "split": "validation",
-                        "candidate_index": index, "proposer": cand.proposer, "prompt": cand.text,
+                        "candidate_index": position[cand.sha], "proposer": cand.proposer, "prompt": cand.text,
                         "prompt_sha": cand.sha, "metrics": ev.metrics, **_cost([ev])})
         scores[cand.sha] = ev.composite
     return max(finalists, key=lambda c: scores[c.sha])  # max keeps the first of equals
