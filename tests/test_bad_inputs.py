@@ -757,15 +757,23 @@ def _keys(rows: list[dict]) -> list[tuple]:
             for r in rows]
 
 
+def _default_sigint() -> None:
+    """In the child before exec: Ctrl-C's default action. A child inherits an ignored SIGINT (an earlier test's
+    library, e.g. Ray's driver, may leave the test process ignoring it), and Python keeps it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(specs: Path, results: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tp_harness", "optimize", "--specs", str(specs), *RUN_FLAGS,
                              "--results-dir", str(results), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            preexec_fn=_default_sigint)
 
 
 def _resume(run: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tp_harness", "optimize", "--resume", str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            preexec_fn=_default_sigint)
 
 
 def _wait_until(proc: subprocess.Popen, ready, timeout: float = 300) -> bool:
