@@ -199,7 +199,7 @@ def run_stage(
         elif racing:
             partial.extend(scored)
             promoted = _promote(scored, partial, history, step, settings)
-            scored = _score_step([Candidate(p.text, p.proposer, operation=p.row.get("operation") or "") for p in promoted], step,
+            scored = _score_step([_candidate(p) for p in promoted], step,
                                  score, sink, recall, base, stage, kind="full", minibatch=None)
         history.extend(scored)
         best = rank(history)[0].composite if history else None
