@@ -3,11 +3,11 @@
 Runs the same optimization twice per (task, seed) on the real embedded scorer with the scorer's response cache
 off, so every scorer request reaches the model: once with racing and once with every candidate scored on the
 full optimize split (``minibatch=None``); same seed and budget otherwise. Racing is ``--race bound`` by default
-(racing on evidence: a candidate is dropped only when the paired-bootstrap upper bound of its composite minus the
-incumbent's, on the same minibatch, is below 0; ``tp_harness.optimizer.loop``) or ``--race halving`` (the best
-``promote`` per step go on, as MIPROv2). Reports per run the scorer requests the model computed (the whole run,
-and the search phase alone: the optimize-split scoring that racing changes, the incumbent's minibatch scoring
-included, without the validation and test scoring both variants share) and the test composite of the final
+(racing on evidence, F-Race: candidates are scored block by block of the optimize split and one is dropped once the
+paired-bootstrap upper bound of its composite minus the leader's, on the docs seen, is below 0; survivors end fully
+scored; ``tp_harness.optimizer.loop``) or ``--race halving`` (the best ``promote`` per step go on, as MIPROv2).
+Reports per run the scorer requests the model computed (the whole run, and the search phase alone: the
+optimize-split scoring that racing changes, without the validation and test scoring both variants share) and the test composite of the final
 ``best_target`` prompt; then the mean paired difference of that test composite, racing minus full, over every
 (task, seed) pair with its 95% bootstrap CI, and the ratio of search-phase scorer calls.
 
@@ -41,11 +41,11 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-#: racing on evidence: a medium-like search (8 candidates, 3 steps) on a 64-doc optimize split, whose minibatch is
-#: max(8, 64 / 4) = 16 docs; small enough for minutes per run on 2 cores
+#: racing on evidence: a medium-like search (8 candidates, 3 steps) on a 64-doc optimize split raced in blocks of
+#: max(8, 64 / 8) = 8 docs (8 blocks); small enough for minutes per run on 2 cores
 RACING = dict(name="bench-racing", steps=3, num_candidates=8, optimize_n=64, validation_n=32, test_n=64,
               k_source=3, finalists=3, reference_max_tokens=64, minibatch=8, promote=1, full_eval_interval=2,
-              race="bound", race_alpha=0.05, minibatch_fraction=0.25)
+              race="bound", race_alpha=0.05, minibatch_fraction=0.125)
 #: ``--race halving``: the setting measured before (minibatch 4 of a 32-doc split, promote 1)
 HALVING = dict(RACING, optimize_n=32, validation_n=24, test_n=48, finalists=2, minibatch=4, race="halving")
 #: ``--quick``: a short check that the benchmark runs (its numbers mean nothing)
@@ -108,10 +108,12 @@ def run_one(registries, budget, *, task: str, seed: int, results_dir: Path, dtyp
         "variant": "racing" if budget.minibatch else "full", "seed": seed, "wall_s": round(wall, 1),
         "scorer_computed": calls["scorer_computed"], "scorer_issued": calls["scorer_requests"],
         "projected": calls["projected_scorer_requests"],
-        "search_requests": round(sum(r["n"] * per_doc for r in rows if r["stage"] == "target")),
+        # merged rows (racing on evidence: a survivor's blocks put together) computed nothing
+        "search_requests": round(sum(r["n"] * per_doc for r in rows
+                                     if r["stage"] == "target" and not r.get("merged_blocks"))),
         "reference_samples": ctx.reference.issued["generate_until"],
         "full_evals": sum(1 for r in rows if r["stage"] == "target" and r.get("eval", "full") == "full"),
-        "partial_evals": sum(1 for r in rows if r.get("eval") in ("partial", "incumbent")),
+        "partial_evals": sum(1 for r in rows if r.get("eval") == "partial"),
         "test_best": evals["best_target"]["metrics"]["composite"],
         "test_original": evals["original"]["metrics"]["composite"],
         "best_prompt": evals["best_target"]["prompt"],
@@ -181,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="response cache of the reference LLM's samples (default: a temporary directory)")
     parser.add_argument("--minibatch", type=int, default=None, help=f"racing minibatch (default {RACING['minibatch']})")
     parser.add_argument("--promote", type=int, default=None, help=f"racing promote (default {RACING['promote']})")
+    parser.add_argument("--race-alpha", type=float, default=None,
+                        help=f"racing on evidence: one-sided level of the bound (default {RACING['race_alpha']})")
+    parser.add_argument("--minibatch-fraction", type=float, default=None,
+                        help=f"racing on evidence: block fraction of the split (default {RACING['minibatch_fraction']})")
     parser.add_argument("--full-eval-interval", type=int, default=None,
                         help=f"racing full-eval interval (default {RACING['full_eval_interval']})")
     parser.add_argument("--quick", action="store_true", help="a tiny budget, to check that the script runs")
@@ -199,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     # the weights load once, before anything is timed (run_optimize gets the same process-wide model back)
     build_backend("embedded:smollm2-135m", "", registries, dtype=args.dtype, batch_size="16", cache=False).lm.hflm()
     values = dict(QUICK if args.quick else RACING if args.race == "bound" else HALVING)
-    for key in ("minibatch", "promote", "full_eval_interval"):
+    for key in ("minibatch", "promote", "full_eval_interval", "race_alpha", "minibatch_fraction"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     racing, full = budgets(values)
@@ -208,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     saved = json.loads(args.json.read_text()) if args.json and args.json.is_file() else []
     runs: list[dict] = []
     tasks = [t for t in args.tasks.split(",") if t]
-    for task in tasks:
-        for seed in [int(s) for s in args.seeds.split(",")]:
+    for seed in [int(s) for s in args.seeds.split(",")]:  # seed by seed: an interrupted run has pairs of both tasks
+        for task in tasks:
             for budget in (racing, full):
                 key = setup_key(budget, task=task, dtype=args.dtype)
                 done = [r for r in saved if r["seed"] == seed and r.get("setup") == key]
@@ -218,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 tag = "" if budget.minibatch is None else (
                     f"-{budget.race}-m{budget.minibatch}" + (f"p{budget.promote}i{budget.full_eval_interval}"
-                                                              if budget.race == "halving" else ""))
+                                                              if budget.race == "halving" else
+                                                              f"f{budget.minibatch_fraction}a{budget.race_alpha}"))
                 r = run_one(registries, budget, task=task, seed=seed, results_dir=results_dir, dtype=args.dtype,
                             reference_cache=reference_cache, run_id=f"{task}-{budget.name}{tag}-seed{seed}")
                 r["setup"], r["task"] = key, task

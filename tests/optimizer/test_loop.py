@@ -12,7 +12,7 @@ import pytest
 
 from tp_harness.evaluation.evaluator import prompt_sha
 from tp_harness.optimizer.candidates import Candidate, normalize
-from tp_harness.optimizer.loop import StageSettings, hash_seed, run_stage
+from tp_harness.optimizer.loop import Block, StageSettings, hash_seed, run_stage
 from tp_harness.optimizer.meta_prompt import Exemplar
 from tp_harness.store.journal import RunDir
 
@@ -49,12 +49,14 @@ class Scorer:
     def __init__(self) -> None:
         self.scored: list[tuple[int, str]] = []
 
-    def __call__(self, cands: Sequence[Candidate], step: int, minibatch: int | None = None) -> list[tuple[dict, dict]]:
+    def __call__(self, cands: Sequence[Candidate], step: int, minibatch=None) -> list[tuple[dict, dict]]:
         out = []
         for c in cands:
             self.scored.append((step, c.text) if minibatch is None else (step, c.text, minibatch))
             composite = len(c.text) % 97 / 100
-            if minibatch is not None:  # a noisy minibatch estimate of the full score
+            if isinstance(minibatch, Block):  # racing on evidence: a noisy estimate on one block
+                composite = round(composite + ((len(c.text) + 3 * minibatch.index) % 5 - 2) / 100, 4)
+            elif minibatch is not None:  # a noisy minibatch estimate of the full score
                 composite = round(composite + (len(c.text) % 7 - 3) / 100, 4)
             out.append(({"acc": composite, "composite": composite}, {"split": "optimize"}))
         return out
@@ -78,8 +80,9 @@ def _run(*, seed: int = 11, reference: Any = None, recall=None, initial=INITIAL,
 
 
 def _recall_from(journal: list[dict]):
-    def recall(step: int, sha: str, kind: str) -> dict | None:
-        return next((r for r in journal if r["step"] == step and r["prompt_sha"] == sha and r["eval"] == kind), None)
+    def recall(step: int, sha: str, kind: str, block: int | None = None) -> dict | None:
+        return next((r for r in journal if r["step"] == step and r["prompt_sha"] == sha and r["eval"] == kind
+                     and r.get("block") == block), None)
     return recall
 
 
@@ -338,68 +341,104 @@ def test_racing_resume_reproduces_the_journal(racing_run) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# racing on evidence (race="bound"): drop only what the paired bound says is worse than the incumbent
+# racing on evidence (race="bound", F-Race): block by block, drop only what the paired bound says is worse than
+# the leader, survivors merged from their blocks
 
-BOUND = StageSettings(steps=3, num_candidates=4, minibatch=3, race="bound")
+BOUND = StageSettings(steps=3, num_candidates=4, minibatch=3, race="bound", race_blocks=3)
 
 
-def _bound_run(bound, *, recall=None, rows=None):
+class RaceDouble:
+    """RaceFns double: a racer's point estimate is its mean block composite (a full row: its composite); the
+    bound is the candidate's estimate minus the reference's plus ``margin`` (the half-width of a made-up interval);
+    ``margin=None``: no bound (nobody is dropped)."""
+
+    def __init__(self, margin: float | None) -> None:
+        self.margin = margin
+        self.calls: list[tuple[str, str, int]] = []  # (reference sha, candidate sha, blocks seen)
+
+    @staticmethod
+    def _point(rows) -> float:
+        return sum(r["metrics"]["composite"] for r in rows) / len(rows)
+
+    def composite(self, rows, docs):
+        return self._point(rows)
+
+    def bound(self, reference, candidate):
+        self.calls.append((reference[0]["prompt_sha"], candidate[0]["prompt_sha"], len(candidate)))
+        if self.margin is None:
+            return None
+        return self._point(candidate) - self._point(reference) + self.margin
+
+    def merge(self, rows):
+        assert [r["block"] for r in rows] == list(range(BOUND.race_blocks))
+        composite = self._point(rows)
+        return {"acc": composite, "composite": composite}, {"split": "optimize", "n": len(rows)}
+
+
+def _bound_run(race, *, recall=None, rows=None, settings=BOUND):
     rows = [] if rows is None else rows
     scorer = Scorer()
     history = run_stage(
         stage="target", description="Answer multiple-choice questions.", initial=INITIAL, score=scorer,
-        sink=rows.append, recall=recall or (lambda step, sha, kind: None), reference=FakeReference(),
-        exemplars=_exemplars, settings=BOUND, seed=11, row_base={"task": "tiny"}, race_bound=bound,
+        sink=rows.append, recall=recall or (lambda step, sha, kind, block=None: None), reference=FakeReference(),
+        exemplars=_exemplars, settings=settings, seed=11, row_base={"task": "tiny"}, race=race,
     )
     return rows, history, scorer
 
 
-def _margin_bound(margin: float):
-    """A bound double: the minibatch composite difference plus ``margin`` (the width of a made-up interval)."""
-    calls = []
-
-    def bound(incumbent: dict, candidate: dict):
-        calls.append((incumbent["prompt_sha"], candidate["prompt_sha"]))
-        return candidate["metrics"]["composite"] - incumbent["metrics"]["composite"] + margin
-
-    bound.calls = calls
-    return bound
-
-
-def test_bound_racing_scores_the_incumbent_on_each_minibatch_and_drops_only_what_the_bound_rejects() -> None:
-    bound = _margin_bound(0.05)
-    rows, history, _scorer = _bound_run(bound)
+def test_bound_racing_drops_a_candidate_once_the_bound_says_it_is_worse_than_the_leader() -> None:
+    race = RaceDouble(0.02)
+    rows, history, scorer = _bound_run(race)
+    dropped_any = False
     for step in range(1, BOUND.steps + 1):
-        partial = [r for r in rows if r["step"] == step and r["eval"] == "partial"]
-        (inc,) = [r for r in rows if r["step"] == step and r["eval"] == "incumbent"]
-        full = {r["prompt_sha"] for r in rows if r["step"] == step and r["eval"] == "full"}
-        best_before = max((r for r in rows if r["eval"] == "full" and r["step"] < step),
-                          key=lambda r: (r["metrics"]["composite"], -r["step"]))
-        assert inc["prompt_sha"] == best_before["prompt_sha"]  # the incumbent: the best fully scored so far
-        assert len(partial) == BOUND.num_candidates
-        for r in partial:
-            worse = r["metrics"]["composite"] - inc["metrics"]["composite"] + 0.05 < 0
-            assert (r["prompt_sha"] in full) is (not worse), (step, r["prompt"])
-    assert any(r["eval"] == "partial" and r["prompt_sha"] not in {h.sha for h in history} for r in rows)
+        blocks = [r for r in rows if r["step"] == step and r["eval"] == "partial"]
+        full = {r["prompt_sha"]: r for r in rows if r["step"] == step and r["eval"] == "full"}
+        incumbent = max((r for r in rows if r["eval"] == "full" and r["step"] < step),
+                        key=lambda r: (r["metrics"]["composite"], -r["step"]))
+        by_sha: dict[str, list[dict]] = {}
+        for r in blocks:
+            by_sha.setdefault(r["prompt_sha"], []).append(r)
+        assert len(by_sha) == BOUND.num_candidates and all(len(rs) >= 1 for rs in by_sha.values())
+        for k in range(BOUND.race_blocks - 1):  # replay each decision after block k
+            racing = {sha: rs[:k + 1] for sha, rs in by_sha.items() if len(rs) > k}
+            points = {sha: RaceDouble._point(rs) for sha, rs in racing.items()}
+            points[incumbent["prompt_sha"]] = incumbent["metrics"]["composite"]
+            leader = max(points, key=lambda sha: (points[sha], sha == incumbent["prompt_sha"]))
+            for sha in racing:
+                worse = sha != leader and points[sha] - points[leader] + 0.02 < 0
+                assert (len(by_sha[sha]) > k + 1) is (not worse), (step, k, sha)
+                dropped_any |= worse
+        for sha, rs in by_sha.items():
+            assert [r["block"] for r in rs] == list(range(len(rs)))  # blocks in order, each once
+            survived = len(rs) == BOUND.race_blocks
+            assert (sha in full) is survived
+            if survived:
+                assert full[sha]["merged_blocks"] == BOUND.race_blocks and full[sha]["n"] == BOUND.race_blocks
+    assert dropped_any, "some candidate must lose the race"
     assert all(p.row["eval"] == "full" for p in history)  # the history holds full scores only
-    assert len(bound.calls) == BOUND.steps * BOUND.num_candidates
+    assert all(len(t) == 3 for t in scorer.scored if t[0] > 0)  # after step 0 only blocks are scored, never a full split
+    assert race.calls
 
 
-def test_bound_racing_that_never_rejects_scores_every_candidate_fully() -> None:
-    rows, history, _scorer = _bound_run(lambda incumbent, candidate: None)  # no bound: nobody is dropped
-    partial = [r["prompt_sha"] for r in rows if r["eval"] == "partial"]
-    assert partial and set(partial) <= {p.sha for p in history}
+def test_bound_racing_that_never_rejects_scores_every_candidate_on_every_block_once() -> None:
+    rows, history, scorer = _bound_run(RaceDouble(None))
+    partial = [(r["prompt_sha"], r["block"]) for r in rows if r["eval"] == "partial"]
+    assert len(partial) == len(set(partial)) == BOUND.steps * BOUND.num_candidates * BOUND.race_blocks
+    assert {sha for sha, _ in partial} <= {p.sha for p in history}
 
 
 def test_bound_racing_resume_reproduces_the_journal() -> None:
-    rows, history, _ = _bound_run(_margin_bound(0.02))
-    half = rows[: len(rows) // 2]
-    new_rows: list[dict] = []
-    resumed_rows, resumed, _ = _bound_run(_margin_bound(0.02), recall=_recall_from(half), rows=new_rows)
-    assert half + resumed_rows == rows
-    assert [p.sha for p in resumed] == [p.sha for p in history]
+    rows, history, _ = _bound_run(RaceDouble(0.02))
+    for cut in (len(rows) // 3, len(rows) // 2, len(rows) - 1):
+        half = rows[:cut]
+        new_rows: list[dict] = []
+        _, resumed, _ = _bound_run(RaceDouble(0.02), recall=_recall_from(half), rows=new_rows)
+        assert half + new_rows == rows
+        assert [p.sha for p in resumed] == [p.sha for p in history]
 
 
-def test_bound_racing_without_a_bound_is_refused() -> None:
-    with pytest.raises(ValueError, match="needs race_bound"):
+def test_bound_racing_needs_its_functions_and_two_blocks() -> None:
+    with pytest.raises(ValueError, match="needs race"):
         _bound_run(None)
+    with pytest.raises(ValueError, match="at least 2 blocks"):
+        _bound_run(RaceDouble(0.02), settings=StageSettings(steps=1, minibatch=3, race="bound", race_blocks=1))

@@ -330,15 +330,22 @@ def evaluate_jobs(
                 records.append(_gen_record(prep, doc, doc_id, sha, response))
                 texts.extend([gen_reqs[start].arguments[0], response])
         n_reqs = sum(c for _, _, c in spans)
-        defs = _applicable(metrics, prep.mode)
-        computed = compute_metrics(records, defs, weights={k: w for k, w in prep.weights.items() if k in defs})
-        values = {name: computed.get(name) for name in metrics.names()}  # n/a (None) where a metric does not apply
-        values["composite"] = computed["composite"]
         out.append(Evaluation(task=prep.name, split=job.split, instruction=job.instruction, prompt_sha=sha,
-                              mode=prep.mode, records=tuple(records), metrics=values,
+                              mode=prep.mode, records=tuple(records), metrics=metrics_of(prep, records, metrics),
                               seconds=elapsed * n_reqs / total_reqs, tokens=backend.count_tokens(texts),
                               chat_template=chat[id(prep)]))
     return out
+
+
+def metrics_of(prepared: PreparedTask, records: Sequence[SampleRecord], metrics: Registry[MetricDef]
+               ) -> dict[str, float | None]:
+    """Every registered metric of ``records`` (one task's scored samples) plus ``composite`` with the task's weights;
+    None where a metric does not apply to the task's mode. What :func:`evaluate_jobs` reports per job."""
+    defs = _applicable(metrics, prepared.mode)
+    computed = compute_metrics(records, defs, weights={k: w for k, w in prepared.weights.items() if k in defs})
+    values = {name: computed.get(name) for name in metrics.names()}  # n/a (None) where a metric does not apply
+    values["composite"] = computed["composite"]
+    return values
 
 
 def _applicable(metrics: Registry[MetricDef], mode: str) -> dict[str, MetricDef]:

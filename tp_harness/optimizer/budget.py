@@ -26,13 +26,15 @@ class Budget:
     :ivar full_eval_interval: racing: every this many steps, the best minibatch-scored candidate without a
         full score is promoted too (0: never).
     :ivar race: how racing decides which minibatch-scored candidates go on to the full optimize split:
-        ``halving`` (the best ``promote`` by minibatch score, as MIPROv2) or ``bound`` (every candidate except those
-        worse than the incumbent beyond a paired-bootstrap bound on the same minibatch, as F-Race; ``promote`` and
-        ``full_eval_interval`` are not used). See :mod:`tp_harness.optimizer.loop`.
+        ``halving`` (the best ``promote`` by minibatch score, as MIPROv2) or ``bound`` (F-Race: candidates are
+        scored block by block of the split and dropped once a paired-bootstrap bound on the docs seen says they are
+        worse than the incumbent; survivors end fully scored; ``promote`` and ``full_eval_interval`` are not used).
+        See :mod:`tp_harness.optimizer.loop`.
     :ivar race_alpha: ``bound``: a candidate is dropped when the one-sided ``1 - race_alpha`` upper bound of its
-        composite minus the incumbent's, on the step's minibatch, is below 0.
-    :ivar minibatch_fraction: ``bound``: the minibatch is ``max(minibatch, ceil(minibatch_fraction * N))`` docs of
-        an N-doc optimize split (it grows with the split); racing is off when that is more than half the split.
+        composite minus the incumbent's, on the docs it has been scored on, is below 0.
+    :ivar minibatch_fraction: ``bound``: a block is ``max(minibatch, ceil(minibatch_fraction * N))`` docs of an
+        N-doc optimize split (it grows with the split), the split holds ``N // block`` blocks, and racing is off
+        when that is fewer than 2.
     :ivar last_step_candidates: the last step proposes this many candidates instead of ``num_candidates`` (an
         equal-budget ablation matches another mode's candidate count exactly with it); None: ``num_candidates``.
     """

@@ -9,10 +9,13 @@ candidates are first scored on a seeded minibatch of the optimize split (journal
 the best ``promote`` of them are scored on the full split (``eval: full``), and every
 ``full_eval_interval`` steps the best partially scored candidate not yet fully scored is promoted too.
 The history the meta-prompt shows and every selection use full scores only.
-Racing on evidence (``race="bound"``, F-Race's rule, Birattari et al. 2002; irace): the step's candidates and the
-incumbent (the best fully scored prompt so far, journal ``eval: incumbent``) are scored on the same minibatch; a
-candidate is dropped only when the caller's paired bound (``race_bound``: the one-sided upper bound of its composite
-minus the incumbent's over the minibatch's docs) is below 0, and every other candidate is scored on the full split.
+Racing on evidence (``race="bound"``, F-Race, Birattari et al. 2002; irace): the optimize split is cut into
+``race_blocks`` blocks (a permutation seeded by the step); the step's candidates are scored block by block (journal
+``eval: partial`` with ``block``). After each block the leader is the racer with the best composite on the docs seen
+so far, the incumbent (the best fully scored prompt, whose per-doc records on those docs come from its full row at
+no cost) included, and a candidate is dropped once the caller's paired bound (the one-sided upper bound of its
+composite minus the leader's on those docs) is below 0. A candidate that survives every block has been scored on the
+whole split; its full row is merged from its block rows (``merged_blocks`` set, no new scorer requests).
 Resume: rows already in the journal are recalled instead of re-scored, and every random choice of a
 step is seeded by (seed, stage, step), so an interrupted run resumed ends where an uninterrupted one would.
 """
@@ -68,7 +71,12 @@ class _Silent:
 
 @dataclass(frozen=True)
 class StageSettings:
-    """Settings of one stage (DESIGN.md section 2 defaults)."""
+    """Settings of one stage (DESIGN.md section 2 defaults).
+
+    Racing: ``minibatch`` (docs per task) turns it on; ``race`` is ``halving`` (the best ``promote`` of the
+    minibatch go on to the full split) or ``bound`` (racing on evidence over ``race_blocks`` blocks of the split,
+    ``minibatch`` docs each; see the module docstring).
+    """
 
     steps: int
     num_candidates: int = 8
@@ -83,6 +91,7 @@ class StageSettings:
     full_eval_interval: int = 0
     last_step_candidates: int | None = None
     race: str = "halving"
+    race_blocks: int | None = None
 
     def at_step(self, step: int) -> StageSettings:
         """These settings for ``step``: the last step proposes ``last_step_candidates`` when that is set."""
@@ -96,16 +105,43 @@ class StageSettings:
         return self.minibatch is not None
 
 
-#: scores candidates of one step on a minibatch of that many docs per task (seeded by the step), or on the
-#: full optimize split (None): (candidates, step, minibatch) -> one (metrics, extra row fields) per candidate
-ScoreFn = Callable[[Sequence[Candidate], int, "int | None"], list[tuple[dict[str, float | None], dict[str, Any]]]]
-#: racing on evidence: (incumbent's minibatch row, candidate's minibatch row) -> the one-sided upper bound of the
-#: candidate's composite minus the incumbent's over the same docs, or None when it cannot be computed (never dropped)
-RaceBound = Callable[[dict, dict], "float | None"]
+@dataclass(frozen=True)
+class Block:
+    """Racing on evidence: part ``index`` (0-based) of ``of`` near-equal parts of a step's seeded permutation of the
+    optimize split (of every task's split in stage 1)."""
+
+    index: int
+    of: int
+
+
+#: scores candidates of one step on a minibatch of that many docs per task (seeded by the step), on one
+#: :class:`Block` of the split, or on the full optimize split (None): (candidates, step, part) -> one
+#: (metrics, extra row fields) per candidate
+ScoreFn = Callable[[Sequence[Candidate], int, "int | Block | None"],
+                   list[tuple[dict[str, float | None], dict[str, Any]]]]
+class RaceFns(Protocol):
+    """What racing on evidence asks of the caller (``tp_harness.optimizer.transfer.RaceOnEvidence`` implements it).
+
+    Rows are journal rows with per-doc records: a full row (the incumbent's) or one racer's block rows so far.
+    """
+
+    def composite(self, rows: Sequence[dict], docs: Sequence[dict]) -> float | None:
+        """The composite of ``rows``' records on the docs that ``docs`` (another racer's rows) hold; None when
+        it cannot be computed."""
+
+    def bound(self, reference: Sequence[dict], candidate: Sequence[dict]) -> float | None:
+        """The one-sided upper bound of the candidate's composite minus the reference's over the candidate's docs
+        (paired); None when it cannot be computed (the candidate is never dropped then)."""
+
+    def merge(self, rows: Sequence[dict]) -> tuple[dict[str, float | None], dict[str, Any]]:
+        """A survivor's (metrics, extra row fields) on the full split from its block rows (every block once)."""
+
+
 #: writes one scored row to the journal
 Sink = Callable[[dict], None]
-#: finds the journal row of (step, prompt sha, eval) if it was scored already (eval: partial or full)
-Recall = Callable[[int, str, str], dict | None]
+#: finds the journal row of (step, prompt sha, eval) if it was scored already (eval: partial or full); racing on
+#: evidence also passes ``block=`` (the block index of a partial row)
+Recall = Callable[..., "dict | None"]
 
 
 def eval_kind(row: dict) -> str:
@@ -135,7 +171,7 @@ def run_stage(
     recall_step: Callable[[int], list[dict]] | None = None,
     screen: Callable[[str], str | None] | None = None,
     reject: Sink | None = None,
-    race_bound: RaceBound | None = None,
+    race: RaceFns | None = None,
 ) -> list[ScoredPrompt]:
     """Run one stage and return its whole history (initial prompts included), best first.
 
@@ -153,12 +189,15 @@ def run_stage(
         screened; a rejected proposal's slot goes to the next proposal (evolutionary edits fill what is left).
     :param reject: receives one row per rejected proposal (``stage: rejected``, ``of_stage``, ``step``,
         ``proposer``, ``prompt``, ``prompt_sha``, ``reason``); the journal writer.
-    :param race_bound: racing with ``settings.race == "bound"``: the paired bound that decides which candidates are
-        dropped after the minibatch (:data:`RaceBound`); required then.
-    :raises ValueError: ``race == "bound"`` without ``race_bound``.
+    :param race: racing with ``settings.race == "bound"``: the point estimate, paired bound and merge that racing on
+        evidence decides with (:class:`RaceFns`); required then.
+    :raises ValueError: ``race == "bound"`` without ``race``, or with fewer than 2 blocks.
     """
-    if settings.racing and settings.race == "bound" and race_bound is None:
-        raise ValueError("racing on a bound (race='bound') needs race_bound")
+    if settings.racing and settings.race == "bound":
+        if race is None:
+            raise ValueError("racing on a bound (race='bound') needs race")
+        if settings.race_blocks is None or settings.race_blocks < 2:
+            raise ValueError(f"racing on a bound needs at least 2 blocks (race_blocks = {settings.race_blocks})")
     progress = progress or _Silent()
     history: list[ScoredPrompt] = []
     partial: list[ScoredPrompt] = []
@@ -168,8 +207,10 @@ def run_stage(
         settings = stage_settings.at_step(step)
         rng = random.Random(f"{seed}:{stage}:{step}")
         racing = settings.racing and step > 0
+        bound_race = racing and settings.race == "bound"
         first_kind = "partial" if racing else "full"
-        done = [r for r in recall_step(step) if eval_kind(r) == first_kind] if recall_step and step > 0 else []
+        done = [r for r in recall_step(step) if eval_kind(r) == first_kind and r.get("block", 0) == 0] \
+            if recall_step and step > 0 else []
         if done and len(done) == done[0].get("num_candidates"):
             rows = sorted(done, key=lambda r: r["candidate_index"])
             cands = [Candidate(r["prompt"], r["proposer"], operation=r.get("operation") or "") for r in rows]
@@ -185,22 +226,17 @@ def run_stage(
                     reject({**base, "stage": "rejected", "of_stage": stage, "step": step, "proposer": cand.proposer,
                             "operation": cand.operation, "prompt": cand.text, "prompt_sha": prompt_sha(cand.text),
                             "reason": reason})
-        scored = _score_step(cands, step, score, sink, recall, base, stage, kind=first_kind,
-                             minibatch=settings.minibatch if racing else None)
-        if racing and settings.race == "bound":
-            incumbent = rank(history)[0]
-            (on_minibatch,) = _score_step([_candidate(incumbent)], step, score, sink, recall, base, stage,
-                                          kind="incumbent", minibatch=settings.minibatch)
-            promoted = _survivors(scored, on_minibatch, history, race_bound)  # type: ignore[arg-type]
-            log.info("%s step %d: racing on evidence kept %d of %d candidates for the full split", stage, step,
-                     len(promoted), len(scored))
-            scored = _score_step([_candidate(p) for p in promoted], step, score, sink, recall, base, stage,
-                                 kind="full", minibatch=None)
-        elif racing:
+        if bound_race:
+            scored = _race(cands, step, history, score, sink, recall, base, stage,
+                           blocks=settings.race_blocks, race=race)  # type: ignore[arg-type]
+        else:
+            scored = _score_step(cands, step, score, sink, recall, base, stage, kind=first_kind,
+                                 part=settings.minibatch if racing else None)
+        if racing and not bound_race:
             partial.extend(scored)
             promoted = _promote(scored, partial, history, step, settings)
             scored = _score_step([_candidate(p) for p in promoted], step,
-                                 score, sink, recall, base, stage, kind="full", minibatch=None)
+                                 score, sink, recall, base, stage, kind="full", part=None)
         history.extend(scored)
         best = rank(history)[0].composite if history else None
         progress.advance(len(cands), step=step, best=best,
@@ -214,18 +250,51 @@ def _candidate(p: ScoredPrompt) -> Candidate:
     return Candidate(p.text, p.proposer, operation=p.row.get("operation") or "")
 
 
-def _survivors(step_scored: Sequence[ScoredPrompt], incumbent: ScoredPrompt, history: Sequence[ScoredPrompt],
-               bound: RaceBound) -> list[ScoredPrompt]:
-    """Racing on evidence: the step's candidates not yet fully scored, except those whose paired upper bound
-    against the incumbent on the same minibatch is below 0 (worse beyond the bound). Step order is kept."""
-    full = {p.sha for p in history}
-    out = []
-    for p in step_scored:
-        if p.sha in full:
+def _race(cands: Sequence[Candidate], step: int, history: Sequence[ScoredPrompt], score: ScoreFn, sink: Sink,
+          recall: Recall, base: dict, stage: str, *, blocks: int, race: RaceFns) -> list[ScoredPrompt]:
+    """Racing on evidence (F-Race): score the step's candidates block by block; after each block the leader is
+    the racer (the incumbent included) with the best composite on the docs seen, and a candidate is dropped once
+    ``race.bound`` says it is worse than the leader there. Returns the survivors' full scores (merged from their
+    blocks), in step order."""
+    incumbent = rank(history)[0]
+    known = {p.sha for p in history}
+    alive = [c for c in cands if prompt_sha(c.text) not in known]
+    seen: dict[str, list[dict]] = {}
+    for k in range(blocks):
+        if not alive:
+            break
+        for p in _score_step(alive, step, score, sink, recall, base, stage, kind="partial", part=Block(k, blocks)):
+            seen.setdefault(p.sha, []).append(p.row)
+        if k == blocks - 1:
+            break
+        racers = {prompt_sha(c.text): seen[prompt_sha(c.text)] for c in alive}
+        docs = next(iter(racers.values()))  # every racer has seen the same blocks
+        points = {sha: race.composite(rows, docs) for sha, rows in racers.items()}
+        points[incumbent.sha] = race.composite([incumbent.row], docs)
+        known_points = {sha: v for sha, v in points.items() if v is not None}
+        if not known_points:
             continue
-        upper = bound(incumbent.row, p.row)
-        if upper is None or upper >= 0.0:
-            out.append(p)
+        leader = max(known_points, key=lambda sha: (known_points[sha], sha == incumbent.sha))
+        leader_rows = [incumbent.row] if leader == incumbent.sha else racers[leader]
+        keep = []
+        for c in alive:
+            sha = prompt_sha(c.text)
+            upper = None if sha == leader else race.bound(leader_rows, racers[sha])
+            if upper is None or upper >= 0.0:
+                keep.append(c)
+        log.info("%s step %d: block %d of %d: %d of %d candidates race on (leader %s)", stage, step, k + 1, blocks,
+                 len(keep), len(alive), "the incumbent" if leader == incumbent.sha else leader)
+        alive = keep
+    out = []
+    for index, cand in enumerate(alive):
+        sha = prompt_sha(cand.text)
+        row = recall(step, sha, "full")
+        if row is None:
+            metrics, extra = race.merge(seen[sha])
+            row = _new_row(base, stage, step, "full", index, len(alive), cand, sha, metrics,
+                           {**extra, "merged_blocks": blocks})
+            sink(row)
+        out.append(_from_row(row))
     return out
 
 
@@ -302,20 +371,27 @@ def _propose(history, description, reference, exemplars, settings: StageSettings
 
 
 def _score_step(cands, step, score: ScoreFn, sink: Sink, recall: Recall, base: dict, stage: str, *, kind: str,
-                minibatch: int | None) -> list[ScoredPrompt]:
+                part: int | Block | None) -> list[ScoredPrompt]:
     shas = [prompt_sha(c.text) for c in cands]
-    recalled = {sha: recall(step, sha, kind) for sha in shas}
+    block = {"block": part.index} if isinstance(part, Block) else {}
+    recalled = {sha: recall(step, sha, kind, **block) for sha in shas}
     todo = [c for c, sha in zip(cands, shas) if recalled[sha] is None]
-    fresh = dict(zip([prompt_sha(c.text) for c in todo], score(todo, step, minibatch))) if todo else {}
+    fresh = dict(zip([prompt_sha(c.text) for c in todo], score(todo, step, part))) if todo else {}
     out = []
     for index, (cand, sha) in enumerate(zip(cands, shas)):
         if recalled[sha] is not None:
             row = recalled[sha]
         else:
             metrics, extra = fresh[sha]
-            row = {**base, "stage": stage, "step": step, "eval": kind, "candidate_index": index,
-                   "num_candidates": len(cands), "proposer": cand.proposer, "operation": cand.operation,
-                   "prompt": cand.text, "prompt_sha": sha, "metrics": metrics, **extra}
+            row = _new_row(base, stage, step, kind, index, len(cands), cand, sha, metrics, {**block, **extra})
             sink(row)
         out.append(_from_row(row))
     return out
+
+
+def _new_row(base: dict, stage: str, step: int, kind: str, index: int, num: int, cand: Candidate, sha: str,
+             metrics: dict, extra: dict) -> dict:
+    """One scored journal row (docs/run-directory.md, "journal.jsonl")."""
+    return {**base, "stage": stage, "step": step, "eval": kind, "candidate_index": index, "num_candidates": num,
+            "proposer": cand.proposer, "operation": cand.operation, "prompt": cand.text, "prompt_sha": sha,
+            "metrics": metrics, **extra}

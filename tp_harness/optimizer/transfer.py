@@ -15,7 +15,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Protocol
 
 from tp_harness.backends.base import LMBackend
@@ -27,12 +27,13 @@ from tp_harness.evaluation.evaluator import (
     PreparedTask,
     count_scorer_requests,
     evaluate_jobs,
+    metrics_of,
     prompt_sha,
 )
 from tp_harness.evaluation.metrics import SampleRecord
 from tp_harness.optimizer.budget import Budget, Projection
 from tp_harness.optimizer.candidates import Candidate
-from tp_harness.optimizer.loop import Progress, ScoredPrompt, StageSettings, eval_kind, rank, run_stage
+from tp_harness.optimizer.loop import Block, Progress, ScoredPrompt, StageSettings, eval_kind, rank, run_stage
 from tp_harness.optimizer.meta_prompt import Exemplar
 from tp_harness.optimizer.overfit import task_spans
 from tp_harness.plugin.hookspecs import OptimizerDef, Registries, Registry, hookimpl
@@ -196,8 +197,8 @@ def _stage_requests(b: Budget, *, initial: int, full: int, mini: int | None) -> 
         n = b.step_candidates(step)
         if mini is None:
             requests += n * full
-        elif b.race == "bound":  # at most: the incumbent and every candidate on the minibatch, all of them promoted
-            requests += (n + 1) * mini + n * full
+        elif b.race == "bound":  # at most: no candidate dropped, every one scored block by block on the whole split
+            requests += n * full
         else:
             requests += n * mini + min(b.promote, n) * full
             if b.full_eval_interval and step % b.full_eval_interval == 0:
@@ -260,9 +261,10 @@ def equal_budget(budget: Budget, *, sources: Sequence[PreparedTask], target: Pre
 def _minibatch(ctx: RunContext, tasks: Sequence[PreparedTask]) -> int | None:
     """The racing minibatch (docs per task), or None when the budget does not race or the split is too small.
 
-    ``halving``: the budget's ``minibatch``, off when the smallest optimize split is not larger. ``bound``: it grows
-    with the split, ``max(minibatch, ceil(minibatch_fraction * N))`` for the smallest split's N docs, and racing is
-    off when that is more than half the split (a bound over so few docs decides little, and saves little).
+    ``halving``: the budget's ``minibatch``, off when the smallest optimize split is not larger. ``bound``: the
+    block, which grows with the split, ``max(minibatch, ceil(minibatch_fraction * N))`` for the smallest split's N
+    docs; racing is off when the split holds fewer than 2 such blocks (a bound over so few docs decides little, and
+    saves little).
     """
     b = ctx.budget
     if b.minibatch is None or not tasks:
@@ -276,69 +278,143 @@ def _minibatch(ctx: RunContext, tasks: Sequence[PreparedTask]) -> int | None:
 
 def _settings(ctx: RunContext, tasks: Sequence[PreparedTask]) -> StageSettings:
     b = ctx.budget
+    m = _minibatch(ctx, tasks)
+    blocks = min(len(t.splits["optimize"]) for t in tasks) // m if m and b.race == "bound" else None
     return StageSettings(steps=b.steps, num_candidates=b.num_candidates, reference_share=ctx.reference_share,
-                         reference_max_tokens=b.reference_max_tokens, minibatch=_minibatch(ctx, tasks),
-                         promote=b.promote, full_eval_interval=b.full_eval_interval,
-                         last_step_candidates=b.last_step_candidates, race=b.race)
+                         reference_max_tokens=b.reference_max_tokens, minibatch=m, promote=b.promote,
+                         full_eval_interval=b.full_eval_interval, last_step_candidates=b.last_step_candidates,
+                         race=b.race, race_blocks=blocks)
 
 
-def minibatch_ids(ctx: RunContext, stage: str, step: int, task: PreparedTask, size: int | None) -> tuple[int, ...] | None:
-    """The optimize-split doc ids of a step's minibatch for one task (seeded by run seed, stage, step, task);
-    None (the whole split) when ``size`` is None. Sorted, so requests batch the same way every time."""
-    if size is None:
+def minibatch_ids(ctx: RunContext, stage: str, step: int, task: PreparedTask,
+                  part: int | Block | None) -> tuple[int, ...] | None:
+    """The optimize-split doc ids a step's candidates are scored on for one task; sorted, so requests batch the
+    same way every time.
+
+    ``part``: None (the whole split: returns None), a minibatch size (a sample seeded by run seed, stage, step and
+    task) or a :class:`Block` (part ``index`` of ``of`` near-equal parts of a permutation seeded alike; the parts
+    of one step cover the split once).
+    """
+    if part is None:
         return None
     n = len(task.splits["optimize"])
+    if isinstance(part, Block):
+        perm = list(range(n))
+        random.Random(f"{ctx.seed}:{stage}:{step}:race:{task.name}").shuffle(perm)
+        lo, hi = part.index * n // part.of, (part.index + 1) * n // part.of
+        return tuple(sorted(perm[lo:hi]))
     rng = random.Random(f"{ctx.seed}:{stage}:{step}:minibatch:{task.name}")
-    return tuple(sorted(rng.sample(range(n), min(size, n))))
+    return tuple(sorted(rng.sample(range(n), min(part, n))))
+
+
+#: the per-doc columns journaled with a racing-on-evidence row: every field of its sample records
+_RECORD_FIELDS = tuple(f.name for f in fields(SampleRecord))
 
 
 def _per_doc(ev: Evaluation) -> dict[str, list]:
-    """The columns racing's paired bound needs of one minibatch evaluation (journaled, so ``--resume`` decides alike)."""
-    return {"doc_id": [r.doc_id for r in ev.records],
-            "correct": [bool(r.correct) and r.parsed_answer is not None for r in ev.records],
-            "confidence": [r.confidence for r in ev.records], "followed": [r.followed for r in ev.records]}
+    """One evaluation's sample records as columns (journaled with every optimize row of a stage racing on evidence:
+    the paired bound reads them, a survivor's full row is merged from them, and ``--resume`` decides alike)."""
+    return {name: [getattr(r, name) for r in ev.records] for name in _RECORD_FIELDS}
 
 
-def race_bound(tasks: Sequence[PreparedTask], *, alpha: float, seed: int) -> Callable[[dict, dict], float | None]:
-    """Racing on evidence: the one-sided ``1 - alpha`` upper bound of a candidate's composite minus the incumbent's.
+def _records(row: dict, task: str) -> list[SampleRecord] | None:
+    """The sample records of ``task`` journaled in ``row`` (its ``per_doc`` columns), or None without them."""
+    cols = (row.get("per_doc") or {}).get(task)
+    if not cols or any(name not in cols for name in _RECORD_FIELDS):
+        return None
+    return [SampleRecord(*values) for values in zip(*(cols[name] for name in _RECORD_FIELDS), strict=True)]
 
-    Both rows are minibatch rows of the same step (the same docs of every task, their ``per_doc`` columns); the
-    paired bootstrap (:func:`tp_harness.evaluation.bootstrap.paired_delta_samples`, 1,000 resamples of the docs,
-    seeded by the run's seed) is taken per task, and the differences are averaged over the tasks as the stage's
-    composite is. None (never dropped) when a task's columns are missing or hold other docs, or the composite
-    weights include a metric the bootstrap cannot resample. Source: F-Race (Birattari et al., GECCO 2002) drops a
-    configuration once a test on the instances seen says it is worse; here the test is the paired bootstrap.
+
+@dataclass(frozen=True)
+class RaceOnEvidence:
+    """Racing on evidence for one stage's tasks (:class:`tp_harness.optimizer.loop.RaceFns`): point composites,
+    the paired bound and the merge, all from the per-doc records journaled with the stage's optimize rows.
+
+    Source: F-Race (Birattari et al., GECCO 2002) drops a configuration once a test on the instances seen says it is
+    worse than the best; here the test is the paired bootstrap of the composite
+    (:func:`tp_harness.evaluation.bootstrap.paired_delta_samples`, 1,000 resamples of the docs seen, seeded by the
+    run's seed), taken per task and averaged over the tasks as the stage's composite is.
+
+    :ivar alpha: a candidate is dropped when the one-sided ``1 - alpha`` upper bound is below 0.
+    :ivar per_task: merged rows carry each task's metrics (stage 1's rows do).
     """
-    import numpy as np
 
-    from tp_harness.evaluation.bootstrap import HIGHER_IS_BETTER, SampleArrays, paired_delta_samples
+    tasks: tuple[PreparedTask, ...]
+    metrics: Registry[Any]
+    alpha: float
+    seed: int
+    per_task: bool = False
 
-    def arrays(row: dict, task: str) -> SampleArrays | None:
-        cols = (row.get("per_doc") or {}).get(task)
-        if not cols:
+    def _on(self, rows: Sequence[dict], docs: Sequence[dict], task: str) -> list[SampleRecord] | None:
+        """``rows``' records of ``task`` on the doc ids ``docs`` hold (in their order); None when some are missing."""
+        mine = [_records(row, task) for row in rows]
+        want = [_records(row, task) for row in docs]
+        if any(r is None for r in mine) or any(r is None for r in want) or not want:
             return None
-        records = [{"doc_id": d, "correct": c, "parsed_answer": "", "confidence": conf, "followed": f}  # c: parsed too
-                   for d, c, conf, f in zip(cols["doc_id"], cols["correct"], cols["confidence"], cols["followed"],
-                                            strict=True)]
-        return SampleArrays.from_records(records)
+        by_id = {r.doc_id: r for rs in mine for r in rs}  # type: ignore[union-attr]
+        ids = sorted(r.doc_id for rs in want for r in rs)  # type: ignore[union-attr]
+        if any(i not in by_id for i in ids):
+            return None
+        return [by_id[i] for i in ids]
 
-    def bound(incumbent: dict, candidate: dict) -> float | None:
+    def composite(self, rows: Sequence[dict], docs: Sequence[dict]) -> float | None:
+        """The mean over tasks of the composite of ``rows``' records on the docs of ``docs``; None without them."""
+        values = []
+        for task in self.tasks:
+            records = self._on(rows, docs, task.name)
+            if records is None:
+                return None
+            values.append(metrics_of(task, records, self.metrics)["composite"])
+        return None if any(v is None for v in values) else sum(values) / len(values)  # type: ignore[arg-type]
+
+    def bound(self, reference: Sequence[dict], candidate: Sequence[dict]) -> float | None:
+        """The one-sided ``1 - alpha`` upper bound of the candidate's composite minus the reference's on the
+        candidate's docs; None (never dropped) when records are missing or the composite weights include a metric
+        the bootstrap cannot resample."""
+        import numpy as np
+
+        from tp_harness.evaluation.bootstrap import HIGHER_IS_BETTER, SampleArrays, paired_delta_samples
+
         deltas = []
-        for task in tasks:
+        for task in self.tasks:
             if set(task.weights) - set(HIGHER_IS_BETTER):
                 return None
-            before, after = arrays(incumbent, task.name), arrays(candidate, task.name)
+            before, after = self._on(reference, candidate, task.name), self._on(candidate, candidate, task.name)
             if before is None or after is None:
                 return None
-            d = paired_delta_samples(before, after, weights=task.weights, seed=[seed, 2002])
+            d = paired_delta_samples(SampleArrays.from_records([asdict(r) for r in before]),
+                                     SampleArrays.from_records([asdict(r) for r in after]),
+                                     weights=task.weights, seed=[self.seed, 2002])
             if d is None:
                 return None
             deltas.append(d)
         mean = np.mean(np.vstack(deltas), axis=0)
         mean = mean[~np.isnan(mean)]
-        return float(np.percentile(mean, 100.0 * (1.0 - alpha))) if mean.size else None
+        return float(np.percentile(mean, 100.0 * (1.0 - self.alpha))) if mean.size else None
 
-    return bound
+    def merge(self, rows: Sequence[dict]) -> tuple[dict[str, float | None], dict[str, Any]]:
+        """A survivor's full-split (metrics, extra row fields) from its block rows, which together hold every optimize
+        doc of every task once: the same records, in split order, as scoring the whole split at once, so the same
+        metrics (:func:`tp_harness.evaluation.evaluator.metrics_of`). ``n`` counts the docs; ``seconds`` and
+        ``tokens`` are 0 (nothing new is scored).
+
+        :raises ValueError: the rows lack a task's records or do not cover its optimize split exactly once.
+        """
+        evals, per_doc = [], {}
+        for task in self.tasks:
+            parts = [_records(row, task.name) for row in rows]
+            if any(p is None for p in parts):
+                raise ValueError(f"a block row of {task.name} has no per_doc records to merge")
+            records = sorted((r for p in parts for r in p), key=lambda r: r.doc_id)  # type: ignore[union-attr]
+            if [r.doc_id for r in records] != list(range(len(task.splits["optimize"]))):
+                raise ValueError(f"the block rows of {task.name} do not cover its optimize split once")
+            evals.append(metrics_of(task, records, self.metrics))
+            per_doc[task.name] = {name: [getattr(r, name) for r in records] for name in _RECORD_FIELDS}
+        extra: dict[str, Any] = {"split": "optimize", "n": sum(len(t.splits["optimize"]) for t in self.tasks),
+                                 "seconds": 0.0, "tokens": 0, "per_doc": per_doc}
+        if self.per_task:
+            extra["per_task"] = {task.name: m for task, m in zip(self.tasks, evals)}
+        return _mean_metric_dicts(evals), extra
 
 
 def _exemplar_fn(tasks: Sequence[PreparedTask], k: int = 3) -> Callable[[random.Random], list[Exemplar]]:
@@ -366,10 +442,15 @@ def _gold_text(prep: PreparedTask, doc: dict) -> str:
 
 
 def _mean_metrics(evals: Sequence[Evaluation]) -> dict[str, float | None]:
-    keys = list(dict.fromkeys(k for e in evals for k in e.metrics))
+    return _mean_metric_dicts([e.metrics for e in evals])
+
+
+def _mean_metric_dicts(values: Sequence[Mapping[str, float | None]]) -> dict[str, float | None]:
+    """Each metric's mean over tasks (those where it is not None); None where no task has it."""
+    keys = list(dict.fromkeys(k for m in values for k in m))
     out: dict[str, float | None] = {}
     for k in keys:
-        vals = [e.metrics[k] for e in evals if e.metrics.get(k) is not None]
+        vals = [m[k] for m in values if m.get(k) is not None]
         out[k] = sum(vals) / len(vals) if vals else None
     return out
 
@@ -388,21 +469,25 @@ def run_source_stage(ctx: RunContext) -> list[ScoredPrompt]:
     sources = ctx.sources
     label = "+".join(s.name for s in sources)
 
-    def score(cands: Sequence[Candidate], step: int, minibatch: int | None):
-        ids = {s.name: minibatch_ids(ctx, "source", step, s, minibatch) for s in sources}
+    settings = _settings(ctx, sources)
+    records = settings.racing and settings.race == "bound"  # racing on evidence reads and merges per-doc records
+
+    def score(cands: Sequence[Candidate], step: int, part: int | Block | None):
+        ids = {s.name: minibatch_ids(ctx, "source", step, s, part) for s in sources}
         jobs = [EvalJob(s, "optimize", c.text, ids[s.name]) for c in cands for s in sources]
         evals = evaluate_jobs(ctx.scorer, jobs, metrics=ctx.registries.metrics)
         out = []
         for i, _c in enumerate(cands):
             group = evals[i * len(sources):(i + 1) * len(sources)]
             extra = {"split": "optimize", **_cost(group), "per_task": {e.task: e.metrics for e in group}}
-            if minibatch is not None:
+            if records:
                 extra["per_doc"] = {e.task: _per_doc(e) for e in group}
             out.append((_mean_metrics(group), extra))
         return out
 
-    def recall(step: int, sha: str, kind: str) -> dict | None:
-        rows = [r for r in ctx.run.find(stage="source", task=label, step=step, prompt_sha=sha) if eval_kind(r) == kind]
+    def recall(step: int, sha: str, kind: str, block: int | None = None) -> dict | None:
+        rows = [r for r in ctx.run.find(stage="source", task=label, step=step, prompt_sha=sha)
+                if eval_kind(r) == kind and r.get("block") == block]
         return rows[0] if rows else None
 
     description = "Write one instruction that works across these tasks. " + " ".join(
@@ -411,28 +496,32 @@ def run_source_stage(ctx: RunContext) -> list[ScoredPrompt]:
     total = len(initial) + ctx.budget.steps * ctx.budget.num_candidates
     return run_stage(
         stage="source", description=description, initial=initial, score=score, sink=ctx.run.append,
-        recall=recall, reference=ctx.reference, exemplars=_exemplar_fn(sources), settings=_settings(ctx, sources),
+        recall=recall, reference=ctx.reference, exemplars=_exemplar_fn(sources), settings=settings,
         seed=ctx.seed, progress=ctx.progress("stage 1 (source)", total) if ctx.progress else None,
         row_base={"task": label}, recall_step=lambda step: ctx.run.find(stage="source", task=label, step=step),
         screen=task_spans([_data_of(s) for s in sources]).reason, reject=_rejection_sink(ctx),
-        race_bound=race_bound(sources, alpha=ctx.budget.race_alpha, seed=ctx.seed),
+        race=RaceOnEvidence(tuple(sources), ctx.registries.metrics, alpha=ctx.budget.race_alpha, seed=ctx.seed,
+                            per_task=True),
     )
 
 
 def run_target_stage(ctx: RunContext, target: PreparedTask, seeds: Sequence[ScoredPrompt]) -> list[ScoredPrompt]:
     """Stage 2 (target prompt generation) on one target, seeded with the original and ``seeds``."""
 
-    def score(cands: Sequence[Candidate], step: int, minibatch: int | None):
-        ids = minibatch_ids(ctx, "target", step, target, minibatch)
+    settings = _settings(ctx, [target])
+    records = settings.racing and settings.race == "bound"  # racing on evidence reads and merges per-doc records
+
+    def score(cands: Sequence[Candidate], step: int, part: int | Block | None):
+        ids = minibatch_ids(ctx, "target", step, target, part)
         evals = evaluate_jobs(ctx.scorer, [EvalJob(target, "optimize", c.text, ids) for c in cands],
                               metrics=ctx.registries.metrics)
         return [(e.metrics, {"split": "optimize", **_cost([e]),
-                             **({"per_doc": {e.task: _per_doc(e)}} if minibatch is not None else {})})
+                             **({"per_doc": {e.task: _per_doc(e)}} if records else {})})
                 for e in evals]
 
-    def recall(step: int, sha: str, kind: str) -> dict | None:
+    def recall(step: int, sha: str, kind: str, block: int | None = None) -> dict | None:
         rows = [r for r in ctx.run.find(stage="target", task=target.name, step=step, prompt_sha=sha)
-                if eval_kind(r) == kind]
+                if eval_kind(r) == kind and r.get("block") == block]
         return rows[0] if rows else None
 
     initial = [Candidate(target.spec.tp.instruction, "original")]
@@ -441,12 +530,12 @@ def run_target_stage(ctx: RunContext, target: PreparedTask, seeds: Sequence[Scor
     return run_stage(
         stage="target", description=target.spec.tp.description, initial=initial, score=score,
         sink=ctx.run.append, recall=recall, reference=ctx.reference, exemplars=_exemplar_fn([target]),
-        settings=_settings(ctx, [target]), seed=ctx.seed,
+        settings=settings, seed=ctx.seed,
         progress=ctx.progress(f"stage 2 (target {target.name})", total) if ctx.progress else None,
         row_base={"task": target.name},
         recall_step=lambda step: ctx.run.find(stage="target", task=target.name, step=step),
         screen=task_spans([_data_of(target)]).reason, reject=_rejection_sink(ctx),
-        race_bound=race_bound([target], alpha=ctx.budget.race_alpha, seed=ctx.seed),
+        race=RaceOnEvidence((target,), ctx.registries.metrics, alpha=ctx.budget.race_alpha, seed=ctx.seed),
     )
 
 
