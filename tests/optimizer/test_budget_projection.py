@@ -96,6 +96,15 @@ def test_projection_drops_racing_when_the_minibatch_covers_the_split():
     assert project_calls(_ctx(whole)).scorer_requests == project_calls(_ctx(full)).scorer_requests
 
 
+def test_projection_of_racing_on_evidence_is_an_upper_bound_full_evaluation_never_exceeds():
+    bound = replace(RACING, name="test-bound", minibatch=5, race="bound")  # 10 docs: 2 blocks of 5
+    full = replace(RACING, name="test-full", minibatch=None)
+    projection = project_calls(_ctx(bound))
+    assert projection.at_most and projection.scorer_requests == project_calls(_ctx(full)).scorer_requests
+    assert "at most 312 scorer requests" in projection.describe()  # 20 + 3 x 4 x 20 + 20 (validation) + 32 (test)
+    assert "at most" not in project_calls(_ctx(RACING)).describe()
+
+
 #: a small real racing budget where the search dominates (final and validation scoring vary by a few docs)
 REAL = Budget("test-projection", steps=2, num_candidates=4, optimize_n=12, validation_n=6, test_n=6, k_source=2,
               finalists=2, reference_max_tokens=48, minibatch=3, promote=1, full_eval_interval=2)

@@ -97,13 +97,17 @@ def get_budget(name: str) -> Budget:
 
 @dataclass(frozen=True)
 class Projection:
-    """Projected calls of a run: scorer requests (loglikelihood or generate_until) and reference samples."""
+    """Projected calls of a run: scorer requests (loglikelihood or generate_until) and reference samples.
+
+    :ivar at_most: the scorer requests are an upper bound (racing on evidence: what it saves depends on the scores).
+    """
 
     scorer_requests: int
     reference_samples: int
     candidates: int
+    at_most: bool = False
 
     def describe(self) -> str:
         """The one-line projection ``tp-harness optimize`` prints before a run starts."""
-        return (f"projected: {self.candidates} candidate evaluations, {self.scorer_requests:,} scorer requests, "
-                f"{self.reference_samples} reference-LLM samples")
+        requests = f"{'at most ' if self.at_most else ''}{self.scorer_requests:,} scorer requests"
+        return f"projected: {self.candidates} candidate evaluations, {requests}, {self.reference_samples} reference-LLM samples"

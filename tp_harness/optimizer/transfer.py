@@ -144,7 +144,8 @@ def project_calls(ctx: RunContext) -> Projection:
 
     Counts what the harness will ask of the scorer (cache hits included): step 0 and, per step,
     ``num_candidates`` scored on the minibatch (racing) or the full optimize split, plus the promoted and
-    periodically promoted candidates on the full split; finalists on validation; final prompts on test.
+    periodically promoted candidates on the full split; finalists on validation; final prompts on test. Racing on
+    evidence projects every candidate on the whole split (``at_most``: it can only save).
     """
     b = ctx.budget
     search = search_cost(ctx)
@@ -158,7 +159,8 @@ def project_calls(ctx: RunContext) -> Projection:
         finals = 3 if ctx.mode == "two_stage" else 2
         cands += finals
         requests += finals * count_scorer_requests(t, "test")
-    return Projection(scorer_requests=requests, reference_samples=ref, candidates=cands)
+    return Projection(scorer_requests=requests, reference_samples=ref, candidates=cands,
+                      at_most=b.minibatch is not None and b.race == "bound")
 
 
 def search_cost(ctx: Any) -> dict[str, int]:
