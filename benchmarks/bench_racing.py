@@ -22,10 +22,11 @@ Usage (fp32, 2 idle CPU cores: about 6 minutes per (task, seed) pair, an hour fo
                                                                       # covers every run in racing.json
     python benchmarks/bench_racing.py --quick --seeds 0 --tasks financial_phrasebank   # checks that it runs
 
-Targets: the mean paired test-composite difference, racing minus full, has a 95% CI that includes 0 and a mean
-above -0.01, at at most 0.5 of full evaluation's search-phase scorer calls, over >= 5 seeds on 2 tasks. The last
-line printed is the summary, e.g. ``racing (bound) vs full, 10 pairs: mean test composite diff -0.004 [95% CI
--0.019, +0.011], search-phase scorer calls 0.46 (target: CI includes 0, mean > -0.01, calls <= 0.5): met``.
+Targets: racing costs no quality, i.e. the mean paired test-composite difference, racing minus full, has a 95% CI
+that includes 0 (or lies above it: racing better) and a mean above -0.01, at at most 0.5 of full evaluation's
+search-phase scorer calls, over >= 5 seeds on 2 tasks. The last line printed is the summary, e.g. ``racing (bound)
+vs full, 10 pairs: mean test composite diff +0.013 [95% CI +0.001, +0.026] (above 0: racing better), search-phase
+scorer calls 0.37 (target: no loss, i.e. CI includes 0 or lies above it, mean > -0.01; calls <= 0.5): met``.
 """
 
 from __future__ import annotations
@@ -45,12 +46,14 @@ from pathlib import Path
 #: max(8, 64 / 8) = 8 docs (8 blocks); small enough for minutes per run on 2 cores
 RACING = dict(name="bench-racing", steps=3, num_candidates=8, optimize_n=64, validation_n=32, test_n=64,
               k_source=3, finalists=3, reference_max_tokens=64, minibatch=8, promote=1, full_eval_interval=2,
-              race="bound", race_alpha=0.05, minibatch_fraction=0.125)
+              race="bound", race_alpha=0.2, minibatch_fraction=0.125)
 #: ``--race halving``: the setting measured before (minibatch 4 of a 32-doc split, promote 1)
 HALVING = dict(RACING, optimize_n=32, validation_n=24, test_n=48, finalists=2, minibatch=4, race="halving")
 #: ``--quick``: a short check that the benchmark runs (its numbers mean nothing)
 QUICK = dict(RACING, steps=1, num_candidates=3, optimize_n=16, validation_n=6, test_n=6, minibatch=4)
 TASKS = "financial_phrasebank,legalbench_hearsay"
+#: bumped when the racing loop changes what a racing run does (2: a candidate that left a race is not proposed again)
+RACING_VERSION = 2
 TARGET_CALLS = 0.5
 TARGET_MEAN = -0.01
 
@@ -70,7 +73,10 @@ def setup_key(budget, *, task: str, dtype: str) -> dict:
     if budget.minibatch is None:  # a full run ignores every racing setting
         values = {k: v for k, v in values.items()
                   if k not in ("promote", "full_eval_interval", "race", "race_alpha", "minibatch_fraction")}
-    return {"task": task, "dtype": dtype, "budget": values}
+        return {"task": task, "dtype": dtype, "budget": values}
+    # racing runs made before the loop stopped re-proposing candidates that had left a race are kept in the file,
+    # unmatched (version 2 and later never reuse them)
+    return {"task": task, "dtype": dtype, "budget": values, "racing_version": RACING_VERSION}
 
 
 def run_one(registries, budget, *, task: str, seed: int, results_dir: Path, dtype: str, reference_cache: Path,
@@ -163,12 +169,14 @@ def report(runs: list[dict], *, tasks: list[str], dtype: str, budget: dict) -> N
           + ", ".join(f"{d:+.4f}" for d in diffs))
     print(f"racing/full scorer calls: whole run {ratio:.2f}, search phase {search:.2f}")
     enough = len({s for _, s in ((a["task"], a["seed"]) for a, _ in pairs)}) >= 5 and len({a["task"] for a, _ in pairs}) >= 2
-    ok = lo <= 0.0 <= hi and mean > TARGET_MEAN and search <= TARGET_CALLS
+    # no loss: the interval is not below 0 (it includes 0, or racing is better beyond it)
+    ok = hi >= 0.0 and mean > TARGET_MEAN and search <= TARGET_CALLS
+    side = "includes 0" if lo <= 0.0 <= hi else ("above 0: racing better" if lo > 0 else "below 0: racing worse")
     verdict = ("met" if ok else "missed") + ("" if enough else " (fewer than 5 seeds on 2 tasks: not the target's "
                                                                "protocol)")
     print(f"racing ({budget.get('race', 'halving')}) vs full, {len(pairs)} pairs: mean test composite diff "
-          f"{mean:+.3f} [95% CI {lo:+.3f}, {hi:+.3f}], search-phase scorer calls {search:.2f} (target: CI includes 0, "
-          f"mean > {TARGET_MEAN}, calls <= {TARGET_CALLS}): {verdict}")
+          f"{mean:+.3f} [95% CI {lo:+.3f}, {hi:+.3f}] ({side}), search-phase scorer calls {search:.2f} (target: no "
+          f"loss, i.e. CI includes 0 or lies above it, mean > {TARGET_MEAN}; calls <= {TARGET_CALLS}): {verdict}")
 
 
 def main(argv: list[str] | None = None) -> int:

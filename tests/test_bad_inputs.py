@@ -420,6 +420,17 @@ def test_clear_prompt_file_empty(tmp_path, capsys):
     assert_clear(code, err, "empty.txt", "the file is empty")
 
 
+@pytest.mark.parametrize("command", ["optimize", "sweep"])
+def test_clear_equal_budget_on_a_budget_that_races_on_evidence(tmp_path, capsys, command):
+    """Racing on evidence costs what the scores decide, so no equal budget exists: refused before any model loads
+    (a sweep before its first run), with the budget to use instead."""
+    mode = ["--no-transfer"] if command == "optimize" else ["--modes", "no_transfer"]
+    code, err = run_cli(capsys, command, *mode, "--equal-budget", "--budget", "light",
+                        "--results-dir", str(tmp_path / "results"))
+    assert_clear(code, err, "'light'", "races on evidence", "--budget evidence")
+    assert not (tmp_path / "results").exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # CLEAR: locations (results folder, cache folder, cache file)
 

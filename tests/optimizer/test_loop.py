@@ -420,6 +420,16 @@ def test_bound_racing_drops_a_candidate_once_the_bound_says_it_is_worse_than_the
     assert race.calls
 
 
+def test_a_candidate_that_left_a_race_is_never_proposed_again() -> None:
+    """The reference double draws from 24 instructions, so steps repeat proposals; one that lost a race is not
+    raced again (as a fully scored one is never scored again)."""
+    settings = StageSettings(steps=6, num_candidates=4, minibatch=3, race="bound", race_blocks=3)
+    rows, _history, _ = _bound_run(RaceDouble(-0.2), settings=settings)  # drops every candidate but the leader
+    first = [(r["prompt_sha"], r["step"]) for r in rows if r["eval"] == "partial" and r["block"] == 0]
+    assert len(first) > settings.steps * 2
+    assert len({sha for sha, _ in first}) == len(first)
+
+
 def test_bound_racing_that_never_rejects_scores_every_candidate_on_every_block_once() -> None:
     rows, history, scorer = _bound_run(RaceDouble(None))
     partial = [(r["prompt_sha"], r["block"]) for r in rows if r["eval"] == "partial"]

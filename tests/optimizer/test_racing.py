@@ -109,9 +109,22 @@ def test_the_bound_minibatch_grows_with_the_split_and_is_off_on_small_ones(n, ex
 
 
 def test_halving_keeps_its_fixed_minibatch() -> None:
-    ctx = SimpleNamespace(budget=BUDGETS["medium"])
-    assert _minibatch(ctx, [_task(n=64)]) == BUDGETS["medium"].minibatch
-    assert _minibatch(ctx, [_task(n=8)]) is None
+    ctx = SimpleNamespace(budget=BUDGETS["smoke"])
+    assert _minibatch(ctx, [_task(n=64)]) == BUDGETS["smoke"].minibatch == 3
+    assert _minibatch(ctx, [_task(n=3)]) is None
+
+
+@pytest.mark.parametrize(("budget", "n", "blocks"), [("light", 24, 3), ("medium", 64, 8), ("heavy", 200, 8),
+                                                     ("heavy", 500, 7), ("light", 15, None)])
+def test_the_presets_race_on_evidence_in_blocks_of_an_eighth_of_the_split(budget, n, blocks) -> None:
+    """The measured defaults (docs/performance.md): light, medium and heavy race on evidence with a one-sided 80%
+    bound, in blocks of 1/8 of the optimize split and at least ``minibatch`` docs; off below 2 blocks."""
+    from tp_harness.optimizer.transfer import _settings
+
+    b = BUDGETS[budget]
+    assert b.race == "bound" and b.race_alpha == 0.2 and b.minibatch_fraction == 0.125
+    settings = _settings(SimpleNamespace(budget=b, reference_share=0.5), [_task(n=n)])
+    assert settings.race_blocks == blocks and settings.racing is (blocks is not None)
 
 
 def test_an_equal_budget_ablation_refuses_a_budget_that_races_on_a_bound() -> None:
@@ -119,7 +132,7 @@ def test_an_equal_budget_ablation_refuses_a_budget_that_races_on_a_bound() -> No
 
     budget = Budget("b", steps=1, num_candidates=4, optimize_n=None, validation_n=None, test_n=None, k_source=1,
                     finalists=1, minibatch=8, race="bound")
-    with pytest.raises(UsageError, match="races on a bound"):
+    with pytest.raises(UsageError, match="races on evidence.*--budget evidence"):
         equal_budget(budget, sources=[], target=_task(n=64), target_full=_task(n=64), reference_share=0.5)
 
 

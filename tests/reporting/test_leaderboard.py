@@ -256,7 +256,7 @@ def test_committed_leaderboard_covers_every_paper_target_for_both_models_with_va
     cells = overview_cells(rows)
     for model in ("embedded:smollm2-135m", "embedded:gemma3-270m"):
         assert set(get_study("paper").targets) <= {t for m, t in cells if m == model}, model
-    assert "20261202-145903-embedded-smollm2-135m-financial_phrasebank-two_stage" in md  # the main job's example run
+    assert "20261203-083117-embedded-smollm2-135m-financial_phrasebank-two_stage" in md  # the main job's example run
     assert all(r.n and r.n > 0 for r in rows) and all(isinstance(r.composite, float) for r in rows)
     generated = [r for r in rows if r.output_type == "generate_until"]
     assert {r.task for r in generated} >= {"financial_phrasebank", "legalbench_hearsay"}

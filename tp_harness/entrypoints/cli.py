@@ -473,6 +473,11 @@ def _cmd_sweep(args) -> int:
     from tp_harness.runs.sweep import SweepSettings, plan_sweep, run_sweep
 
     _resolve_tasks(args)
+    if args.equal_budget:  # refused before any run starts, not once per no_transfer run
+        from tp_harness.optimizer.budget import get_budget
+        from tp_harness.optimizer.transfer import check_equal_budget
+
+        check_equal_budget(get_budget(args.budget))
     settings = SweepSettings(models=args.models, targets=args.targets, modes=args.modes, seeds=args.seeds,
                              run=OptimizeSettings(
         sources=args.sources, budget=args.budget, seed=args.seed, results_dir=str(args.results_dir),

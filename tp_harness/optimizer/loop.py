@@ -15,7 +15,8 @@ Racing on evidence (``race="bound"``, F-Race, Birattari et al. 2002; irace): the
 so far, the incumbent (the best fully scored prompt, whose per-doc records on those docs come from its full row at
 no cost) included, and a candidate is dropped once the caller's paired bound (the one-sided upper bound of its
 composite minus the leader's on those docs) is below 0. A candidate that survives every block has been scored on the
-whole split; its full row is merged from its block rows (``merged_blocks`` set, no new scorer requests).
+whole split; its full row is merged from its block rows (``merged_blocks`` set, no new scorer requests). A candidate
+that left a race is not proposed again in the stage (as a fully scored one is not).
 Resume: rows already in the journal are recalled instead of re-scored, and every random choice of a
 step is seeded by (seed, stage, step), so an interrupted run resumed ends where an uninterrupted one would.
 """
@@ -200,6 +201,7 @@ def run_stage(
             raise ValueError(f"racing on a bound needs at least 2 blocks (race_blocks = {settings.race_blocks})")
     progress = progress or _Silent()
     history: list[ScoredPrompt] = []
+    raced_out: list[str] = []  # racing on evidence: candidates that left a race (never proposed again)
     partial: list[ScoredPrompt] = []
     base = dict(row_base or {})
     stage_settings = settings
@@ -218,7 +220,7 @@ def run_stage(
             cands, dropped = hygiene(initial, max_chars=10_000, min_chars=1)
         else:
             cands, dropped, rejected = _propose(history, description, reference, exemplars, settings, rng,
-                                                seed=hash_seed(seed, stage, step), screen=screen)
+                                                seed=hash_seed(seed, stage, step), screen=screen, raced_out=raced_out)
             log.debug("%s step %d: hygiene dropped %s", stage, step, dropped)
             for cand, reason in rejected:
                 log.info("%s step %d: rejected a %s proposal: %s", stage, step, cand.proposer, reason)
@@ -229,6 +231,8 @@ def run_stage(
         if bound_race:
             scored = _race(cands, step, history, score, sink, recall, base, stage,
                            blocks=settings.race_blocks, race=race)  # type: ignore[arg-type]
+            survivors = {p.sha for p in scored}
+            raced_out.extend(c.text for c in cands if prompt_sha(c.text) not in survivors)
         else:
             scored = _score_step(cands, step, score, sink, recall, base, stage, kind=first_kind,
                                  part=settings.minibatch if racing else None)
@@ -339,9 +343,9 @@ def _screened(cands: list[Candidate], screen: Callable[[str], str | None] | None
 
 
 def _propose(history, description, reference, exemplars, settings: StageSettings, rng: random.Random, *, seed: int,
-             screen: Callable[[str], str | None] | None = None):
+             screen: Callable[[str], str | None] | None = None, raced_out: Sequence[str] = ()):
     ranked = rank(history)
-    seen = [text_hash(p.text) for p in history]
+    seen = [text_hash(p.text) for p in history] + [text_hash(t) for t in raced_out]  # nothing is scored twice
     num_ref = round(settings.num_candidates * settings.reference_share)
     raw: list[Candidate] = []
     rejected: list[tuple[Candidate, str]] = []

@@ -208,6 +208,13 @@ def _stage_requests(b: Budget, *, initial: int, full: int, mini: int | None) -> 
     return requests
 
 
+def check_equal_budget(budget: Budget) -> None:
+    """:raises UsageError: ``budget`` races on evidence, whose cost depends on the scores, so no equal budget exists."""
+    if budget.minibatch is not None and budget.race == "bound":
+        raise UsageError(f"budget {budget.name!r} races on evidence, whose cost depends on the scores: an equal-budget "
+                         "ablation needs a fixed cost; use --budget evidence (light's search without racing)")
+
+
 def equal_budget(budget: Budget, *, sources: Sequence[PreparedTask], target: PreparedTask,
                  target_full: PreparedTask, reference_share: float) -> tuple[Budget, dict[str, Any]]:
     """The ``no_transfer`` budget that matches ``two_stage``'s search on the same target (issue 18, item 2).
@@ -221,14 +228,13 @@ def equal_budget(budget: Budget, *, sources: Sequence[PreparedTask], target: Pre
 
     :param sources, target: the two-stage run's prepared tasks (the budget's split caps).
     :param target_full: ``target`` prepared without an optimize cap (its whole optimize split).
+    :raises UsageError: the budget races on evidence (:func:`check_equal_budget`).
     :return: the matched budget and a record of both modes' search cost (``two_stage``, ``no_transfer``,
         ``requests_ratio``, ``optimize_docs``) for config.json, results.json and the leaderboard.
     """
     from types import SimpleNamespace
 
-    if budget.minibatch is not None and budget.race == "bound":
-        raise UsageError(f"budget {budget.name!r} races on a bound, whose cost depends on the scores: an equal-budget "
-                         "ablation needs a budget without racing or with race='halving'")
+    check_equal_budget(budget)
     two = search_cost(SimpleNamespace(budget=budget, mode="two_stage", sources=list(sources), targets=[target],
                                       reference_share=reference_share))
     extra = two["candidates"] - 1  # no_transfer's step 0 scores the original alone
