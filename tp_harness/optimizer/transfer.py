@@ -322,7 +322,12 @@ _RECORD_FIELDS = tuple(f.name for f in fields(SampleRecord))
 def _per_doc(ev: Evaluation) -> dict[str, list]:
     """One evaluation's sample records as columns (journaled with every optimize row of a stage racing on evidence:
     the paired bound reads them, a survivor's full row is merged from them, and ``--resume`` decides alike)."""
-    return {name: [getattr(r, name) for r in ev.records] for name in _RECORD_FIELDS}
+    return _columns(ev.records)
+
+
+def _columns(records: Sequence[SampleRecord]) -> dict[str, list]:
+    """Sample records as columns, one list per SampleRecord field (what ``per_doc`` journals)."""
+    return {name: [getattr(r, name) for r in records] for name in _RECORD_FIELDS}
 
 
 def _records(row: dict, task: str) -> list[SampleRecord] | None:
@@ -417,7 +422,7 @@ class RaceOnEvidence:
             if [r.doc_id for r in records] != list(range(len(task.splits["optimize"]))):
                 raise ValueError(f"the block rows of {task.name} do not cover its optimize split once")
             evals.append(metrics_of(task, records, self.metrics))
-            per_doc[task.name] = {name: [getattr(r, name) for r in records] for name in _RECORD_FIELDS}
+            per_doc[task.name] = _columns(records)
         extra: dict[str, Any] = {"split": "optimize", "n": sum(len(t.splits["optimize"]) for t in self.tasks),
                                  "seconds": 0.0, "tokens": 0, "per_doc": per_doc}
         if self.per_task:
